@@ -1,0 +1,42 @@
+"""The one protocol every inference backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from datagen.schema import SamplingConfig
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    messages: list[dict[str, str]]
+    seed: int
+    # Optional JSON schema the completions must follow (structured output).
+    json_schema: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+@dataclass
+class Generation:
+    completions: list[Completion]
+    prompt_tokens: int
+    # Set when this request failed on its own (the rest of the batch is still valid).
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(Protocol):
+    model_name: str
+
+    def generate(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
+        """n completions for every request, in request order."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,48 @@
+"""User-facing errors: one line that names the file and field (or the cause)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+
+class DatagenError(Exception):
+    """An error caused by the user's input. The CLI prints it as one line and exits 2."""
+
+    def __init__(self, message: str, source: str | Path | None = None, field: str | None = None):
+        self.message = message
+        self.source = str(source) if source is not None else None
+        self.field = field
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = ": ".join(part for part in (self.source, self.field) if part)
+        return f"{where}: {self.message}" if where else self.message
+
+
+def _loc_to_path(loc: tuple) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            # Discriminated unions add the tag (e.g. 'length') as a location element; keep it,
+            # it tells the user which stage's config is wrong.
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def from_validation_error(err: ValidationError, source: str | Path | None) -> DatagenError:
+    """Collapse a pydantic error into one line naming the first offending field."""
+    first = err.errors()[0]
+    field = _loc_to_path(tuple(first.get("loc", ()))) or None
+    message = first.get("msg", "invalid value")
+    if first.get("type") == "extra_forbidden":
+        message = "unknown field"
+    elif "input" in first and first.get("type") not in ("missing",) and not isinstance(first["input"], (dict, list)):
+        message = f"{message} (got {first['input']!r})"
+    more = len(err.errors()) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return DatagenError(message, source, field)

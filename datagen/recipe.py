@@ -1,0 +1,138 @@
+"""Pipeline recipes: the pydantic model, `--set` overrides, and resolution of named templates."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from datagen.errors import DatagenError, from_validation_error
+from datagen.schema import BackendConfig, StrictModel
+from datagen.stages import StageConfig
+from datagen.templates import Template, load_template
+from datagen.yaml_io import read_yaml
+
+
+class TemplateUse(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    count: int | None = Field(None, ge=1, description="prompts to draw; all combinations in product mode when unset")
+
+
+class OutputConfig(StrictModel):
+    dir: str | None = None
+    format: Literal["sft", "prompt_completion"] = "sft"
+
+
+class ExecutionConfig(StrictModel):
+    shard_size: int = Field(64, ge=1, description="prompts per shard; one generate call per shard")
+
+
+class Recipe(StrictModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    template_dirs: list[str] = Field(default_factory=lambda: ["../templates"])
+    templates: list[TemplateUse] = Field(min_length=1)
+    backend: BackendConfig = Field(default_factory=BackendConfig)
+    stages: list[StageConfig] = Field(default_factory=list)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "Recipe":
+        seen: set[str] = set()
+        for stage in self.stages:
+            if stage.label in seen or stage.label == "generate":
+                raise ValueError(f"two stages are labelled {stage.label!r}; give one a distinct 'name'")
+            seen.add(stage.label)
+        return self
+
+    @property
+    def sampling_seed(self) -> int:
+        return self.backend.sampling.seed if self.backend.sampling.seed is not None else self.seed
+
+
+@dataclass
+class LoadedRecipe:
+    recipe: Recipe
+    path: Path
+    templates: dict[str, Template]
+
+    def fingerprint(self) -> str:
+        """Changes whenever anything that shapes the output changes (recipe or template text)."""
+        h = hashlib.sha256()
+        h.update(json.dumps(self.recipe.model_dump(mode="json", exclude={"output": {"dir"}}), sort_keys=True).encode())
+        for name in sorted(self.templates):
+            h.update(name.encode())
+            h.update(self.templates[name].path.read_bytes())
+        return h.hexdigest()[:20]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise DatagenError("expected key.path=value", f"--set {text}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_override(data: dict, path: list[str], value: Any, origin: str) -> None:
+    node: Any = data
+    for i, part in enumerate(path):
+        last = i == len(path) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise DatagenError(f"no list item {part!r} at {'.'.join(path[:i]) or 'top level'}", origin)
+            part_key: Any = int(part)
+        elif isinstance(node, dict):
+            part_key = part
+        else:
+            raise DatagenError(f"{'.'.join(path[:i])} is not a mapping", origin)
+        if last:
+            node[part_key] = value
+        else:
+            if isinstance(node, dict) and part_key not in node:
+                node[part_key] = {}
+            node = node[part_key]
+
+
+def _error_source(err: ValidationError, recipe_path: Path, overrides: dict[str, str]) -> str:
+    loc = ".".join(str(p) for p in err.errors()[0].get("loc", ()))
+    for key, origin in overrides.items():
+        if loc == key or loc.startswith(key + "."):
+            return origin
+    return str(recipe_path)
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
+    path = Path(path)
+    data = read_yaml(path, "recipe file")
+    origins: dict[str, str] = {}
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        origin = f"--set {text}"
+        apply_override(data, keys, value, origin)
+        origins[".".join(keys)] = origin
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as err:
+        raise from_validation_error(err, _error_source(err, path, origins)) from None
+    templates: dict[str, Template] = {}
+    dirs = [(path.parent / d).resolve() for d in recipe.template_dirs]
+    for i, use in enumerate(recipe.templates):
+        if use.name in templates:
+            raise DatagenError(f"template {use.name!r} is listed twice", path, f"templates[{i}].name")
+        found = next((d / f"{use.name}.yaml" for d in dirs if (d / f"{use.name}.yaml").is_file()), None)
+        if found is None:
+            searched = ", ".join(str(d) for d in dirs)
+            raise DatagenError(f"template {use.name!r} not found (searched {searched})", path, f"templates[{i}].name")
+        templates[use.name] = load_template(found)
+    return LoadedRecipe(recipe=recipe, path=path, templates=templates)

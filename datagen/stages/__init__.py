@@ -1,0 +1,16 @@
+"""Filter stages. Each module holds one stage: its config model and the callable it builds."""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from datagen.stages.base import Stage, StageConfigBase
+from datagen.stages.finish import FinishConfig
+from datagen.stages.length import LengthConfig
+
+# The `stage` field picks the config class; an unknown kind is a validation error naming the tags.
+StageConfig = Annotated[Union[FinishConfig, LengthConfig], Field(discriminator="stage")]
+
+__all__ = ["Stage", "StageConfig", "StageConfigBase"]

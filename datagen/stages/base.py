@@ -1,0 +1,37 @@
+"""What a filter stage is: a config that builds a callable annotating a batch with its verdict."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import polars as pl
+from pydantic import Field
+
+from datagen.schema import StrictModel
+
+
+class StageConfigBase(StrictModel):
+    name: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$", description="column prefix; defaults to the stage kind")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.stage  # type: ignore[attr-defined]
+
+    def build(self) -> "Stage":
+        raise NotImplementedError
+
+
+class Stage(Protocol):
+    """Adds `<label>_keep` (bool) and `<label>_reason` (null when kept) plus any scores.
+
+    It only sees rows that every earlier stage kept; it must not drop or reorder rows.
+    """
+
+    label: str
+
+    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame: ...
+
+
+def verdict(label: str, keep: pl.Expr, reason: pl.Expr) -> list[pl.Expr]:
+    """The two verdict columns, with the reason null where the row is kept."""
+    return [keep.alias(f"{label}_keep"), pl.when(keep).then(None).otherwise(reason).cast(pl.String).alias(f"{label}_reason")]

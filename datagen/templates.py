@@ -1,0 +1,238 @@
+"""Template loading, checking and seeded expansion into rendered chat prompts."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from pydantic import ValidationError
+
+from datagen.errors import DatagenError, from_validation_error
+from datagen.schema import PROMOTED_SLOTS, SlotValue, TemplateSpec
+from datagen.yaml_io import read_yaml
+
+# Above this many raw combinations we sample slot values independently instead of enumerating.
+ENUMERATION_LIMIT = 200_000
+JINJA_FIELDS = ("system", "user", "reference", "tests")
+
+
+def _environment() -> ImmutableSandboxedEnvironment:
+    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+
+
+def slot_key(value: SlotValue) -> str:
+    """The short, stable name of a slot value used in provenance and weights."""
+    return str(value["id"]) if isinstance(value, dict) else str(value)
+
+
+@dataclass
+class Template:
+    spec: TemplateSpec
+    path: Path
+    compiled: dict[str, jinja2.Template]
+    where: Any  # compiled jinja expression or None
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
+
+    def combination_count(self) -> int:
+        return math.prod(len(values) for values in self.spec.slots.values())
+
+    def _fail(self, field: str, message: str) -> DatagenError:
+        return DatagenError(message, self.path, field)
+
+    def accepts(self, combo: dict[str, SlotValue]) -> bool:
+        if self.where is None:
+            return True
+        try:
+            return bool(self.where(**combo))
+        except (jinja2.UndefinedError, SecurityError, TypeError, ValueError) as err:
+            raise self._fail("where", f"cannot evaluate: {err}") from None
+
+    def render(self, field: str, combo: dict[str, SlotValue]) -> str | None:
+        template = self.compiled.get(field)
+        if template is None:
+            return None
+        try:
+            return template.render(**combo).strip()
+        except SecurityError as err:
+            raise self._fail(field, f"refused by the template sandbox: {err}") from None
+        except jinja2.UndefinedError as err:
+            raise self._fail(field, f"undefined value: {err}") from None
+        except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as err:
+            raise self._fail(field, f"cannot render: {err}") from None
+
+
+def load_template(path: Path) -> Template:
+    data = read_yaml(path, "template file")
+    try:
+        spec = TemplateSpec.model_validate(data)
+    except ValidationError as err:
+        raise from_validation_error(err, path) from None
+    if spec.id != path.stem:
+        raise DatagenError(f"template id {spec.id!r} does not match the file name {path.stem!r}", path, "id")
+    env = _environment()
+    compiled: dict[str, jinja2.Template] = {}
+    used: set[str] = set()
+    for field in JINJA_FIELDS:
+        source = getattr(spec, field)
+        if source is None:
+            continue
+        try:
+            ast = env.parse(source)
+        except jinja2.TemplateSyntaxError as err:
+            raise DatagenError(f"template syntax error at line {err.lineno}: {err.message}", path, field) from None
+        names = meta.find_undeclared_variables(ast)
+        unknown = sorted(names - set(spec.slots))
+        if unknown:
+            raise DatagenError(f"unknown slot {unknown[0]!r} (declared: {', '.join(sorted(spec.slots)) or 'none'})", path, field)
+        used |= names
+        compiled[field] = env.from_string(source)
+    where = None
+    if spec.where is not None:
+        try:
+            names = meta.find_undeclared_variables(env.parse("{{ " + spec.where + " }}"))
+            where = env.compile_expression(spec.where)
+        except jinja2.TemplateSyntaxError as err:
+            raise DatagenError(f"expression syntax error: {err.message}", path, "where") from None
+        unknown = sorted(names - set(spec.slots))
+        if unknown:
+            raise DatagenError(f"unknown slot {unknown[0]!r}", path, "where")
+        used |= names
+    for name, values in spec.slots.items():
+        _check_vocabulary(path, name, values)
+        if name not in used:
+            raise DatagenError("slot is declared but never used (it would only multiply identical prompts)", path, f"slots.{name}")
+    for name, table in spec.expansion.weights.items():
+        if name not in spec.slots:
+            raise DatagenError(f"weights for unknown slot {name!r}", path, "expansion.weights")
+        keys = {slot_key(v) for v in spec.slots[name]}
+        for key, weight in table.items():
+            if str(key) not in keys:
+                raise DatagenError(f"weight for unknown value {key!r}", path, f"expansion.weights.{name}")
+            if not (weight > 0 and math.isfinite(weight)):
+                raise DatagenError(f"weight must be a positive number (got {weight!r})", path, f"expansion.weights.{name}.{key}")
+    return Template(spec=spec, path=path, compiled=compiled, where=where)
+
+
+def _check_vocabulary(path: Path, name: str, values: list[SlotValue]) -> None:
+    field = f"slots.{name}"
+    if not values:
+        raise DatagenError("empty vocabulary", path, field)
+    seen: set[str] = set()
+    for i, value in enumerate(values):
+        if isinstance(value, dict) and "id" not in value:
+            raise DatagenError("a mapping value needs an 'id'", path, f"{field}[{i}]")
+        key = slot_key(value)
+        if key in seen:
+            raise DatagenError(f"duplicate value {key!r}", path, f"{field}[{i}]")
+        seen.add(key)
+
+
+def _weight(template: Template, combo: dict[str, SlotValue]) -> float:
+    weights = template.spec.expansion.weights
+    w = 1.0
+    for name, value in combo.items():
+        w *= weights.get(name, {}).get(slot_key(value), 1.0)
+    return w
+
+
+def _all_combinations(template: Template) -> list[dict[str, SlotValue]]:
+    names = list(template.spec.slots)
+    combos = []
+    for values in itertools.product(*(template.spec.slots[n] for n in names)):
+        combo = dict(zip(names, values))
+        if template.accepts(combo):
+            combos.append(combo)
+    return combos
+
+
+def _weighted_sample(combos: list[dict], weights: list[float], count: int, rng: random.Random) -> list[dict]:
+    # Efraimidis-Spirakis: weighted sampling without replacement with one key per item.
+    keyed = sorted(((rng.random() ** (1.0 / w), i) for i, w in enumerate(weights)), reverse=True)
+    return [combos[i] for _, i in keyed[:count]]
+
+
+def _rejection_sample(template: Template, count: int, rng: random.Random) -> list[dict]:
+    names = list(template.spec.slots)
+    weights = template.spec.expansion.weights
+    chosen: dict[str, dict] = {}
+    attempts = 0
+    while len(chosen) < count and attempts < count * 100:
+        attempts += 1
+        combo = {}
+        for n in names:
+            vocab = template.spec.slots[n]
+            w = [weights.get(n, {}).get(slot_key(v), 1.0) for v in vocab]
+            combo[n] = rng.choices(vocab, weights=w)[0]
+        key = json.dumps({n: slot_key(v) for n, v in combo.items()}, sort_keys=True)
+        if key not in chosen and template.accepts(combo):
+            chosen[key] = combo
+    if len(chosen) < count:
+        raise DatagenError(f"could only find {len(chosen)} distinct combinations satisfying 'where' for count {count}", template.path, "where")
+    return list(chosen.values())
+
+
+def select_combinations(template: Template, count: int | None, seed: int) -> list[dict[str, SlotValue]]:
+    """The slot combinations for one template: deterministic in (template, count, seed)."""
+    rng = random.Random(f"{seed}:{template.id}")
+    mode = template.spec.expansion.mode
+    if template.combination_count() > ENUMERATION_LIMIT:
+        if count is None:
+            raise DatagenError(f"{template.combination_count()} combinations are too many to enumerate; set a count", template.path, "expansion.mode")
+        return _rejection_sample(template, count, rng)
+    combos = _all_combinations(template)
+    if not combos:
+        raise DatagenError("no slot combination satisfies this expression", template.path, "where")
+    if count is None:
+        if mode == "sample":
+            raise DatagenError("sample mode needs a count (set it in the recipe's templates entry)", template.path, "expansion.mode")
+        return combos
+    if count > len(combos):
+        raise DatagenError(f"count {count} exceeds the {len(combos)} distinct slot combinations", template.path, "slots")
+    if mode == "product" and count == len(combos):
+        return combos
+    return _weighted_sample(combos, [_weight(template, c) for c in combos], count, rng)
+
+
+def prompt_id(template_id: str, slot_keys: dict[str, str]) -> str:
+    payload = json.dumps([template_id, slot_keys], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int) -> dict[str, Any]:
+    keys = {name: slot_key(value) for name, value in combo.items()}
+    messages = []
+    system = template.render("system", combo)
+    if system:
+        messages.append({"role": "system", "content": system})
+    user = template.render("user", combo)
+    if not user:
+        raise DatagenError("renders to an empty message", template.path, "user")
+    messages.append({"role": "user", "content": user})
+    row: dict[str, Any] = {
+        "prompt_id": prompt_id(template.id, keys),
+        "template_id": template.id,
+        "messages": messages,
+        "slots": json.dumps(keys, sort_keys=True),
+        "reference": template.render("reference", combo),
+        "tests": template.render("tests", combo),
+        "seed": seed,
+    }
+    for name in PROMOTED_SLOTS:
+        row[name] = keys.get(name)
+    return row
+
+
+def expand(template: Template, count: int | None, seed: int) -> list[dict[str, Any]]:
+    return [render_prompt(template, combo, seed) for combo in select_combinations(template, count, seed)]

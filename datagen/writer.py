@@ -1,0 +1,124 @@
+"""Writes the kept rows as a Hugging Face dataset: data/*.parquet plus a README.md dataset card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import datasets
+import polars as pl
+import pyarrow as pa
+import yaml
+
+from datagen.run_dir import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from datagen.recipe import LoadedRecipe
+
+ROWS_PER_FILE = 100_000
+# Bookkeeping columns that say nothing about a kept row (every verdict there is "keep").
+INTERNAL = {"keep", "dropped_by", "completion"}
+
+
+def _plain_types(schema: pa.Schema) -> pa.Schema:
+    """large_string/large_list -> string/list: the types the Hub viewer and most readers expect."""
+
+    def plain(t: pa.DataType) -> pa.DataType:
+        if pa.types.is_large_string(t) or pa.types.is_string_view(t):
+            return pa.string()
+        if pa.types.is_large_list(t) or pa.types.is_list(t):
+            return pa.list_(plain(t.value_type))
+        if pa.types.is_struct(t):
+            return pa.struct([pa.field(f.name, plain(f.type)) for f in t])
+        return t
+
+    return pa.schema([pa.field(f.name, plain(f.type)) for f in schema])
+
+
+def format_rows(candidates: pl.DataFrame, fmt: str, stage_labels: list[str]) -> pl.DataFrame:
+    assistant = pl.concat_list(pl.struct(pl.lit("assistant").alias("role"), pl.col("completion").alias("content")))
+    verdicts = {f"{label}_{suffix}" for label in stage_labels for suffix in ("keep", "reason")}
+    meta = [c for c in candidates.columns if c not in INTERNAL and c not in verdicts and c != "messages"]
+    if fmt == "sft":
+        head = [pl.concat_list(pl.col("messages"), assistant).alias("messages")]
+    else:
+        head = [pl.col("messages").alias("prompt"), assistant.alias("completion")]
+    return candidates.select(*head, *meta)
+
+
+def write_dataset(shards: list[Path], out: Path, loaded: "LoadedRecipe", stage_stats: list[dict[str, Any]]) -> int:
+    kept = pl.concat([pl.read_parquet(p).filter(pl.col("keep")) for p in shards], how="vertical_relaxed") if shards else None
+    if kept is None:
+        raise ValueError("no shards to write")
+    rows = format_rows(kept, loaded.recipe.output.format, [s["stage"] for s in stage_stats])
+    table = rows.to_arrow()
+    table = table.cast(_plain_types(table.schema))
+
+    staging = out / ".data.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    n_files = max(1, -(-table.num_rows // ROWS_PER_FILE))
+    features = None
+    datasets.disable_progress_bars()
+    for i in range(n_files):
+        part = datasets.Dataset(table.slice(i * ROWS_PER_FILE, ROWS_PER_FILE))
+        features = part.features
+        part.to_parquet(str(staging / f"train-{i:05d}-of-{n_files:05d}.parquet"))
+    final = out / "data"
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    card = dataset_card(loaded, features, table.num_rows, stage_stats)
+    atomic_write_bytes(out / "README.md", card.encode())
+    return table.num_rows
+
+
+def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int, stage_stats: list[dict[str, Any]]) -> str:
+    recipe = loaded.recipe
+    info = datasets.DatasetInfo(features=features)
+    templates = ", ".join(f"{t.name} ({t.count if t.count is not None else 'all'})" for t in recipe.templates)
+    sampling = json.dumps(recipe.backend.sampling.model_dump(mode="json"))
+    header = {
+        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
+        "dataset_info": info._to_yaml_dict() | {"splits": [{"name": "train", "num_examples": rows}]},
+        "tags": ["synthetic", "datagen", recipe.output.format],
+    }
+    lines = [
+        "---",
+        yaml.safe_dump(header, sort_keys=False).rstrip(),
+        "---",
+        "",
+        f"# {recipe.name}",
+        "",
+        recipe.description or "Synthetic data made with datagen.",
+        "",
+        f"- Rows: {rows} ({recipe.output.format} format)",
+        f"- Model: {recipe.backend.model} via {recipe.backend.kind}",
+        f"- Templates: {templates}",
+        f"- Seed: {recipe.seed}; sampling: {sampling}",
+        "",
+        "## Rows through the stages",
+        "",
+        "| stage | rows in | kept | dropped | drop reasons |",
+        "|---|---:|---:|---:|---|",
+    ]
+    for s in stage_stats:
+        reasons = ", ".join(f"{r}: {c}" for r, c in sorted(s["dropped"].items())) or "-"
+        dropped = sum(s["dropped"].values())
+        lines.append(f"| {s['stage']} | {s['rows_in']} | {s['kept']} | {dropped} | {reasons} |")
+    generate = stage_stats[0]
+    lines += [
+        "",
+        f"Generation produced {generate['kept']} candidates ({generate.get('tokens', 0)} tokens) "
+        f"from {generate['rows_in']} rows in {generate['seconds']:.1f} s.",
+        "Every candidate, kept or dropped, with each stage's verdict is in `run/stages/` (Parquet).",
+        "",
+        "## Recipe",
+        "",
+        "```yaml",
+        yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).rstrip(),
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
