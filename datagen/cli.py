@@ -79,6 +79,14 @@ def cmd_validate(args: argparse.Namespace) -> int:
     loaded = load_recipe(args.recipe, args.overrides)
     prompts = expand_prompts(loaded)
     recipe = loaded.recipe
+    if recipe.backend.kind == "vllm":
+        from datagen.backends.vllm_backend import check_model
+
+        try:
+            check_model(recipe.backend.model)
+        except DatagenError as err:
+            err.source = err.source or str(args.recipe)
+            raise
     stages = " -> ".join(["generate"] + [s.label for s in recipe.stages])
     print(f"ok: {args.recipe}: {len(loaded.templates)} template(s), {prompts.height} prompts x n={recipe.backend.sampling.n}; {stages}")
     return 0

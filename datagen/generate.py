@@ -26,6 +26,24 @@ PROMPT_SCHEMA = {
 }
 
 
+CANDIDATE_SCHEMA = PROMPT_SCHEMA | {
+    "candidate_id": pl.String,
+    "sample_index": pl.Int64,
+    "sample_seed": pl.Int64,
+    "completion": pl.String,
+    "finish_reason": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "model": pl.String,
+    "backend": pl.String,
+    "sampling": pl.String,
+    "generate_keep": pl.Boolean,
+    "generate_reason": pl.String,
+}
+# Columns every candidate row has; stage verdict columns must not collide with them.
+RESERVED_COLUMNS = frozenset(CANDIDATE_SCHEMA) | {"keep", "dropped_by"}
+
+
 def prompts_frame(rows: list[dict]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
 
@@ -67,22 +85,9 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
                     "generate_reason": None if gen.error is None else f"error: {gen.error}",
                 }
             )
-    schema = PROMPT_SCHEMA | {
-        "candidate_id": pl.String,
-        "sample_index": pl.Int64,
-        "sample_seed": pl.Int64,
-        "completion": pl.String,
-        "finish_reason": pl.String,
-        "prompt_tokens": pl.Int64,
-        "completion_tokens": pl.Int64,
-        "model": pl.String,
-        "backend": pl.String,
-        "sampling": pl.String,
-        "generate_keep": pl.Boolean,
-        "generate_reason": pl.String,
-    }
-    frame = pl.DataFrame(rows, schema=schema)
+    frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
     return frame.with_columns(
         pl.col("generate_keep").alias("keep"),
         pl.when(pl.col("generate_keep")).then(None).otherwise(pl.lit("generate")).cast(pl.String).alias("dropped_by"),
     )
+

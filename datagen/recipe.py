@@ -12,6 +12,7 @@ import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from datagen.errors import DatagenError, from_validation_error
+from datagen.generate import RESERVED_COLUMNS
 from datagen.schema import BackendConfig, StrictModel
 from datagen.stages import StageConfig
 from datagen.templates import Template, load_template
@@ -49,6 +50,9 @@ class Recipe(StrictModel):
         for stage in self.stages:
             if stage.label in seen or stage.label == "generate":
                 raise ValueError(f"two stages are labelled {stage.label!r}; give one a distinct 'name'")
+            clash = {f"{stage.label}_keep", f"{stage.label}_reason"} & RESERVED_COLUMNS
+            if clash:
+                raise ValueError(f"stage label {stage.label!r} would overwrite the column {sorted(clash)[0]!r}; choose another 'name'")
             seen.add(stage.label)
         return self
 

@@ -25,7 +25,7 @@ def cache_root() -> Path:
     return Path(base)
 
 
-def _gguf_file() -> tuple[Path, str]:
+def embedded_gguf() -> tuple[Path, str]:
     try:
         dist = importlib.metadata.distribution(_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError:
@@ -41,7 +41,7 @@ def _gguf_file() -> tuple[Path, str]:
 
 def embedded_model_dir() -> Path:
     """Path of the converted HF folder, converting on first use (~20 s)."""
-    gguf, version = _gguf_file()
+    gguf, version = embedded_gguf()
     target = cache_root() / "models" / f"smollm2-135m-instruct-{version}"
     if (target / "config.json").exists():
         return target

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from datagen.backends.base import ChatRequest, Completion, Generation
-from datagen.backends.embedded import EMBEDDED, embedded_model_dir
+from datagen.backends.embedded import EMBEDDED, embedded_gguf, embedded_model_dir
 from datagen.errors import DatagenError
 from datagen.schema import BackendConfig, SamplingConfig
 
@@ -21,18 +21,24 @@ def is_cpu_build() -> bool:
         return False
 
 
-def resolve_model(model: str) -> str:
-    """'embedded' -> the converted packaged model; a path must exist; anything else is a hub id."""
+def check_model(model: str) -> None:
+    """Fail early, before any engine starts, on a model reference that cannot work."""
     if model == EMBEDDED:
-        return str(embedded_model_dir())
+        embedded_gguf()
+        return
     # Hub ids look like 'org/name'; anything else that does not exist is a missing local path.
     looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1
-    expanded = Path(model).expanduser()
-    if expanded.exists():
-        return str(expanded)
-    if looks_like_path:
+    if looks_like_path and not Path(model).expanduser().exists():
         raise DatagenError(f"model path does not exist: {model}", field="backend.model")
-    return model
+
+
+def resolve_model(model: str) -> str:
+    """'embedded' -> the converted packaged model; an existing path; or a hub id as given."""
+    check_model(model)
+    if model == EMBEDDED:
+        return str(embedded_model_dir())
+    expanded = Path(model).expanduser()
+    return str(expanded) if expanded.exists() else model
 
 
 def engine_kwargs(config: BackendConfig, cpu: bool, seed: int) -> dict[str, Any]:

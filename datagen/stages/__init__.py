@@ -7,10 +7,10 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from datagen.stages.base import Stage, StageConfigBase
-from datagen.stages.finish import FinishConfig
+from datagen.stages.finished import FinishedConfig
 from datagen.stages.length import LengthConfig
 
 # The `stage` field picks the config class; an unknown kind is a validation error naming the tags.
-StageConfig = Annotated[Union[FinishConfig, LengthConfig], Field(discriminator="stage")]
+StageConfig = Annotated[Union[FinishedConfig, LengthConfig], Field(discriminator="stage")]
 
 __all__ = ["Stage", "StageConfig", "StageConfigBase"]

@@ -9,17 +9,17 @@ import polars as pl
 from datagen.stages.base import StageConfigBase, verdict
 
 
-class FinishConfig(StageConfigBase):
-    stage: Literal["finish"] = "finish"
+class FinishedConfig(StageConfigBase):
+    stage: Literal["finished"] = "finished"
     drop_truncated: bool = True
     drop_empty: bool = True
 
-    def build(self) -> "FinishStage":
-        return FinishStage(self)
+    def build(self) -> "FinishedStage":
+        return FinishedStage(self)
 
 
-class FinishStage:
-    def __init__(self, config: FinishConfig):
+class FinishedStage:
+    def __init__(self, config: FinishedConfig):
         self.config = config
         self.label = config.label
 

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+
+import datasets
+import polars as pl
+import pytest
+
+from datagen.backends.scripted import ScriptedBackend
+from datagen.errors import DatagenError
+from datagen.executor import apply_stage, run_pipeline
+from datagen.recipe import load_recipe
+from datagen.stages.length import LengthConfig
+
+RESPONSES = ["short", "A fine answer, number {index}, passes the bar.", "one two three four five six seven eight nine ten eleven"]
+
+
+class CountingBackend(ScriptedBackend):
+    def __init__(self, responses):
+        super().__init__(responses)
+        self.requests = 0
+
+    def generate(self, requests, sampling):
+        self.requests += len(requests)
+        return super().generate(requests, sampling)
+
+
+def recipe_with_filters(project, **extra):
+    return project(
+        backend={"kind": "scripted", "responses": RESPONSES, "sampling": {"n": 3, "max_tokens": 10}},
+        stages=[{"stage": "finished"}, {"stage": "length", "min_chars": 10}],
+        **extra,
+    )
+
+
+def test_run_writes_stage_shards_manifest_and_dataset(project):
+    out = project.root / "out"
+    result = run_pipeline(load_recipe(recipe_with_filters(project)), out, progress=False)
+    manifest = json.loads((out / "run" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["prompts"] == 6 and manifest["shards"] == 2
+    assert sorted(p.name for p in (out / "run" / "stages").iterdir()) == ["00_generate", "01_finished", "02_length"]
+
+    candidates = pl.read_parquet(out / "run" / "stages" / "02_length" / "*.parquet")
+    assert candidates.height == 18, "every candidate is kept in the run directory, dropped or not"
+    truncated = candidates.filter(pl.col("finish_reason") == "length")
+    assert truncated.height and (truncated["dropped_by"] == "finished").all()
+    assert truncated["length_keep"].is_null().all(), "later stages do not see dropped rows"
+    short = candidates.filter(pl.col("completion") == "short")
+    assert short.height and (short["length_reason"] == "too_short").all() and (short["dropped_by"] == "length").all()
+
+    kept = candidates.filter(pl.col("keep"))
+    assert result.rows_written == kept.height > 0
+    stats = {s["stage"]: s for s in result.stage_stats}
+    assert stats["generate"]["rows_in"] == 6 and stats["generate"]["kept"] == 18
+    assert stats["finished"]["dropped"] == {"truncated": truncated.height}
+    assert stats["length"]["dropped"] == {"too_short": short.height}
+
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.num_rows == kept.height
+    row = ds[0]
+    assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+    for column in ("template_id", "prompt_id", "slots", "persona", "difficulty", "topic", "seed", "sample_seed", "model", "sampling", "finish_reason"):
+        assert row[column] is not None, column
+    assert json.loads(row["sampling"])["n"] == 3 and row["seed"] == 7
+    card = (out / "README.md").read_text()
+    assert "| finished | 18 |" in card and f"truncated: {truncated.height}" in card and "name: test" in card
+
+
+def test_same_recipe_same_rows(project):
+    path = recipe_with_filters(project)
+    a = run_pipeline(load_recipe(path), project.root / "a", progress=False)
+    b = run_pipeline(load_recipe(path), project.root / "b", progress=False)
+    da = datasets.load_dataset(str(a.out), split="train").to_list()
+    db = datasets.load_dataset(str(b.out), split="train").to_list()
+    assert da == db and da
+
+
+def test_prompt_completion_format(project):
+    out = project.root / "out"
+    run_pipeline(load_recipe(recipe_with_filters(project), ["output.format=prompt_completion"]), out, progress=False)
+    row = datasets.load_dataset(str(out), split="train")[0]
+    assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+    assert [m["role"] for m in row["completion"]] == ["assistant"] and "messages" not in row
+
+
+def test_rerun_skips_finished_shards(project):
+    path = recipe_with_filters(project)
+    out = project.root / "out"
+    first = CountingBackend(RESPONSES)
+    run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: first)
+    before = (out / "data").iterdir().__next__().read_bytes()
+    # Simulate a crash after generation of shard 0: drop everything recorded after it.
+    manifest_path = out / "run" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["stages"]["generate"]["shards"]["1"]
+    manifest["stages"]["length"]["shards"].clear()
+    manifest["complete"] = False
+    manifest_path.write_text(json.dumps(manifest))
+    second = CountingBackend(RESPONSES)
+    run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: second)
+    assert first.requests == 6 and second.requests == 2, "only the unfinished shard is generated again"
+    assert (out / "data").iterdir().__next__().read_bytes() == before
+
+
+def test_changed_recipe_is_refused_unless_forced(project):
+    path = recipe_with_filters(project)
+    out = project.root / "out"
+    run_pipeline(load_recipe(path), out, progress=False)
+    with pytest.raises(DatagenError, match="different recipe"):
+        run_pipeline(load_recipe(path, ["seed=99"]), out, progress=False)
+    result = run_pipeline(load_recipe(path, ["seed=99"]), out, force=True, progress=False)
+    assert result.rows_written > 0
+
+
+def test_foreign_output_directory_is_refused(project, tmp_path):
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(DatagenError, match="not empty and holds no datagen run"):
+        run_pipeline(load_recipe(recipe_with_filters(project)), out, progress=False)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_apply_stage_only_sees_alive_rows():
+    batch = pl.DataFrame({
+        "completion": ["long enough text", "tiny", "also long enough", "x"],
+        "completion_tokens": [3, 1, 3, 1],
+        "keep": [True, True, False, True],
+        "dropped_by": [None, None, "finished", None],
+    })
+    seen = {}
+
+    class Spy:
+        label = "length"
+
+        def __call__(self, frame):
+            seen["rows"] = frame.height
+            return LengthConfig(min_chars=5).build()(frame)
+
+    out = apply_stage(Spy(), batch)
+    assert seen["rows"] == 3
+    assert out["keep"].to_list() == [True, False, False, False]
+    assert out["dropped_by"].to_list() == [None, "length", "finished", "length"]
+    assert out["completion"].to_list() == batch["completion"].to_list(), "order is preserved"

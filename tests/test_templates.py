@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import TEMPLATES, TINY_TEMPLATE, write_yaml
+from datagen.errors import DatagenError
+from datagen.templates import _all_combinations, expand, load_template, select_combinations
+
+
+def tiny(tmp_path: Path, **changes) -> Path:
+    data = {**TINY_TEMPLATE, **changes}
+    return write_yaml(tmp_path / f"{data['id']}.yaml", data)
+
+
+def test_same_seed_same_prompts_and_other_seed_differs(tmp_path):
+    template = load_template(tiny(tmp_path))
+    first = expand(template, 10, seed=3)
+    again = expand(load_template(tiny(tmp_path)), 10, seed=3)
+    other = expand(template, 10, seed=4)
+    assert first == again
+    assert [r["prompt_id"] for r in first] != [r["prompt_id"] for r in other]
+    assert len({r["prompt_id"] for r in first}) == 10, "sampling is without replacement"
+
+
+def test_rendering_fills_slots_and_provenance(tmp_path):
+    row = expand(load_template(tiny(tmp_path)), 1, seed=1)[0]
+    system, user = row["messages"]
+    assert system["role"] == "system" and system["content"].startswith("You are a ")
+    assert row["persona"] in TINY_TEMPLATE["slots"]["persona"]
+    assert row["topic"] in user["content"] and row["difficulty"] in user["content"]
+    assert row["template_id"] == "tiny" and row["seed"] == 1
+
+
+def test_product_mode_enumerates_every_combination(tmp_path):
+    template = load_template(tiny(tmp_path, expansion={"mode": "product"}))
+    rows = expand(template, None, seed=0)
+    assert len(rows) == 3 * 2 * 4
+    assert len({r["prompt_id"] for r in rows}) == 24
+
+
+def test_where_filters_combinations(tmp_path):
+    template = load_template(tiny(tmp_path, where="difficulty == 'hard' or topic == 'stars'", expansion={"mode": "product"}))
+    rows = expand(template, None, seed=0)
+    assert len(rows) == 3 * 4 + 3 * 1
+    assert all(r["difficulty"] == "hard" or r["topic"] == "stars" for r in rows)
+
+
+def test_weights_bias_the_sample(tmp_path):
+    big = {"id": "big", "user": "{{ a }} {{ b }}", "slots": {"a": [f"a{i}" for i in range(40)], "b": ["x", "y"]},
+           "expansion": {"weights": {"b": {"y": 9}}}}
+    template = load_template(write_yaml(tmp_path / "big.yaml", big))
+    picks = Counter(c["b"] for c in select_combinations(template, 20, seed=5))
+    assert picks["y"] >= 14, picks
+
+
+def test_mapping_values_use_their_id_for_provenance(tmp_path):
+    path = tiny(tmp_path, user="{{ topic.text }} ({{ difficulty }}) {{ persona }}",
+                slots={**TINY_TEMPLATE["slots"], "topic": [{"id": "r", "text": "Rivers"}, {"id": "v", "text": "Volcanoes"}]},
+                system=None)
+    rows = expand(load_template(path), 4, seed=0)
+    assert {r["topic"] for r in rows} <= {"r", "v"}
+    assert any("Rivers" in r["messages"][0]["content"] or "Volcanoes" in r["messages"][0]["content"] for r in rows)
+
+
+@pytest.mark.parametrize(
+    "changes, field, message",
+    [
+        ({"user": "Hi {{ colour }}"}, "user", "unknown slot 'colour'"),
+        ({"user": "Hi {{ topic "}, "user", "template syntax error"),
+        ({"slots": {**TINY_TEMPLATE["slots"], "topic": []}}, "slots.topic", "empty vocabulary"),
+        ({"slots": {**TINY_TEMPLATE["slots"], "unused": ["x"]}}, "slots.unused", "never used"),
+        ({"slots": {**TINY_TEMPLATE["slots"], "topic": ["a", "a"]}}, "slots.topic[1]", "duplicate"),
+        ({"slots": {**TINY_TEMPLATE["slots"], "topic": [{"text": "no id"}]}}, "slots.topic[0]", "needs an 'id'"),
+        ({"where": "difficulty == "}, "where", "syntax error"),
+        ({"expansion": {"weights": {"topic": {"oceans": 2}}}}, "expansion.weights.topic", "unknown value"),
+        ({"extra_field": 1}, "extra_field", "unknown field"),
+        ({"id": "other"}, "id", "does not match the file name"),
+    ],
+)
+def test_bad_templates_name_file_and_field(tmp_path, changes, field, message):
+    data = {**TINY_TEMPLATE, **changes}
+    path = write_yaml(tmp_path / "tiny.yaml", data)
+    with pytest.raises(DatagenError) as info:
+        load_template(path)
+    assert info.value.field == field
+    assert message in str(info.value)
+    assert str(path) in str(info.value)
+
+
+def test_sandbox_refuses_attribute_escape(tmp_path):
+    path = tiny(tmp_path, user="{{ topic.__class__.__mro__[1].__subclasses__() }} {{ difficulty }} {{ persona }}")
+    template = load_template(path)
+    with pytest.raises(DatagenError) as info:
+        expand(template, 1, seed=0)
+    assert info.value.field == "user" and "unsafe" in str(info.value)
+
+
+def test_impossible_count_is_an_error(tmp_path):
+    with pytest.raises(DatagenError, match="exceeds the 24 distinct"):
+        expand(load_template(tiny(tmp_path)), 25, seed=0)
+
+
+def test_sample_mode_needs_a_count(tmp_path):
+    with pytest.raises(DatagenError, match="needs a count"):
+        expand(load_template(tiny(tmp_path)), None, seed=0)
+
+
+@pytest.mark.parametrize("path", sorted(TEMPLATES.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_templates_render_every_combination(path):
+    template = load_template(path)
+    personas = template.spec.slots["persona"]
+    assert len(personas) >= 6
+    assert len(template.spec.slots["difficulty"]) >= 3
+    every = len(_all_combinations(template))
+    rows = expand(template, every, seed=0)
+    assert len(rows) == every and all(r["messages"][-1]["content"] for r in rows)
+
+
+def test_math_references_are_numbers_and_python_tests_pass():
+    math = expand(load_template(TEMPLATES / "math_word_problems.yaml"), 20, seed=0)
+    for row in math:
+        value = row["reference"]
+        num, _, den = value.partition("/")
+        float(num), float(den or 1)
+    template = load_template(TEMPLATES / "python_functions.yaml")
+    for task in template.spec.slots["task"]:
+        namespace: dict = {}
+        exec(task["solution"], namespace)  # shipped reference solutions, not model output
+        exec(task["tests"], namespace)
