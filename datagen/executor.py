@@ -61,11 +61,15 @@ def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: 
     alive_in = before.height if generated else int(before["keep"].sum())
     dropped = after.filter(pl.col("dropped_by") == label)
     reasons = dropped.group_by(f"{label}_reason").len().rows() if dropped.height else []
+    rows_in = before if generated else before.filter(pl.col("keep"))
+    counts_in = dict(rows_in.group_by("template_id").len().rows())
+    counts_kept = dict(after.filter(pl.col("keep")).group_by("template_id").len().rows())
     stats: dict[str, Any] = {
         "rows_in": alive_in,
         "kept": int(after["keep"].sum()),
         "reasons": {str(reason): int(count) for reason, count in reasons},
         "seconds": round(seconds, 3),
+        "by_template": {t: [n, counts_kept.get(t, 0)] for t, n in sorted(counts_in.items())},
     }
     if generated:
         stats["tokens"] = int(after["completion_tokens"].sum())
@@ -112,7 +116,11 @@ def run_pipeline(
                     backend.close()
             continue
         stage = stages[index - 1]
-        inputs = [run.shard_path(index - 1, labels[index - 1], j) for j in todo]
+        previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(len(shards))]
+        if todo and hasattr(stage, "fit"):
+            # Stages with global state (dedup, collapse) see every alive row before any shard.
+            stage.fit(lambda: (pl.read_parquet(p).filter(pl.col("keep")) for p in previous))
+        inputs = [previous[j] for j in todo]
         total = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in inputs)
         with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar:
             for j, source in zip(todo, inputs):
@@ -123,6 +131,10 @@ def run_pipeline(
                 done[str(j)] = shard_stats(label, before, after, time.perf_counter() - start)
                 run.write_manifest(manifest)
                 bar.update(before.height)
+        if hasattr(stage, "summarize") and (todo or "summary" not in manifest["stages"][label]):
+            outputs = pl.scan_parquet([run.shard_path(index, label, j) for j in range(len(shards))])
+            manifest["stages"][label]["summary"] = stage.summarize(outputs)
+            run.write_manifest(manifest)
 
     last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
     stage_stats = summarize(manifest, labels)
@@ -173,13 +185,22 @@ def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any
         for s in shards:
             for reason, count in s["reasons"].items():
                 reasons[reason] = reasons.get(reason, 0) + count
+        by_template: dict[str, list[int]] = {}
+        for s in shards:
+            for template, (n_in, n_kept) in s.get("by_template", {}).items():
+                total = by_template.setdefault(template, [0, 0])
+                total[0] += n_in
+                total[1] += n_kept
         entry = {
             "stage": label,
+            "by_template": by_template,
             "rows_in": sum(s["rows_in"] for s in shards),
             "kept": sum(s["kept"] for s in shards),
             "dropped": reasons,
             "seconds": round(sum(s["seconds"] for s in shards), 3),
         }
+        if "summary" in manifest["stages"][label]:
+            entry["summary"] = manifest["stages"][label]["summary"]
         if label == "generate":
             entry["tokens"] = sum(s.get("tokens", 0) for s in shards)
         summary.append(entry)

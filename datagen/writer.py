@@ -107,6 +107,17 @@ def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int,
         reasons = ", ".join(f"{r}: {c}" for r, c in sorted(s["dropped"].items())) or "-"
         dropped = sum(s["dropped"].values())
         lines.append(f"| {s['stage']} | {s['rows_in']} | {s['kept']} | {dropped} | {reasons} |")
+    templates_seen = sorted({t for s in stage_stats for t in s["by_template"]})
+    if len(stage_stats) > 1 and templates_seen:
+        lines += ["", "Kept / in per template and stage:", "",
+                  "| template | " + " | ".join(s["stage"] for s in stage_stats) + " |",
+                  "|---|" + "---:|" * len(stage_stats)]
+        for t in templates_seen:
+            cells = [f"{s['by_template'][t][1]} / {s['by_template'][t][0]}" if t in s["by_template"] else "-" for s in stage_stats]
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
+    summaries = [s for s in stage_stats if s.get("summary")]
+    for s in summaries:
+        lines += ["", f"### {s['stage']}", "", "```yaml", yaml.safe_dump(s["summary"], sort_keys=False).rstrip(), "```"]
     generate = stage_stats[0]
     lines += [
         "",

@@ -25,6 +25,11 @@ class Stage(Protocol):
     """Adds `<label>_keep` (bool) and `<label>_reason` (null when kept) plus any scores.
 
     It only sees rows that every earlier stage kept; it must not drop or reorder rows.
+    Optional hooks, called by the executor when a stage defines them:
+      fit(shards): called once before any shard with a callable returning an iterator over
+        every alive input row (all shards, in order), for stages with global state (dedup).
+      summarize(outputs: pl.LazyFrame) -> dict: stage-level figures for the report and card
+        (JSON-serializable), computed from all of the stage's output shards.
     """
 
     label: str
