@@ -37,7 +37,7 @@ def from_validation_error(err: ValidationError, source: str | Path | None) -> Da
     """Collapse a pydantic error into one line naming the first offending field."""
     first = err.errors()[0]
     field = _loc_to_path(tuple(first.get("loc", ()))) or None
-    message = first.get("msg", "invalid value")
+    message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
     elif "input" in first and first.get("type") not in ("missing",) and not isinstance(first["input"], (dict, list)):

@@ -116,25 +116,11 @@ def run_pipeline(
                     backend.close()
             continue
         stage = stages[index - 1]
-        previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(len(shards))]
-        if todo and hasattr(stage, "fit"):
-            # Stages with global state (dedup, collapse) see every alive row before any shard.
-            stage.fit(lambda: (pl.read_parquet(p).filter(pl.col("keep")) for p in previous))
-        inputs = [previous[j] for j in todo]
-        total = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in inputs)
-        with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar:
-            for j, source in zip(todo, inputs):
-                start = time.perf_counter()
-                before = pl.read_parquet(source)
-                after = apply_stage(stage, before)
-                atomic_write_parquet(run.shard_path(index, label, j), after)
-                done[str(j)] = shard_stats(label, before, after, time.perf_counter() - start)
-                run.write_manifest(manifest)
-                bar.update(before.height)
-        if hasattr(stage, "summarize") and (todo or "summary" not in manifest["stages"][label]):
-            outputs = pl.scan_parquet([run.shard_path(index, label, j) for j in range(len(shards))])
-            manifest["stages"][label]["summary"] = stage.summarize(outputs)
-            run.write_manifest(manifest)
+        try:
+            _run_filter(stage, index, labels, run, manifest, len(shards), todo, progress)
+        finally:
+            if hasattr(stage, "close"):  # stages that hold a model (judge) release it here
+                stage.close()
 
     last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
     stage_stats = summarize(manifest, labels)
@@ -174,6 +160,30 @@ def _run_generate(loaded, run: RunDir, manifest, shards, todo, backend, progress
             tokens += done[str(j)]["tokens"]
             bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):.0f} tok/s")
             bar.update(shards[j].height)
+
+
+def _run_filter(stage: Stage, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress) -> None:
+    label = stage.label
+    done = manifest["stages"][label]["shards"]
+    previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(n_shards)]
+    if todo and hasattr(stage, "fit"):
+        # Stages with global state (dedup, collapse) see every alive row before any shard.
+        stage.fit(lambda: (pl.read_parquet(p).filter(pl.col("keep")) for p in previous))
+    inputs = [previous[j] for j in todo]
+    total = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in inputs)
+    with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar:
+        for j, source in zip(todo, inputs):
+            start = time.perf_counter()
+            before = pl.read_parquet(source)
+            after = apply_stage(stage, before)
+            atomic_write_parquet(run.shard_path(index, label, j), after)
+            done[str(j)] = shard_stats(label, before, after, time.perf_counter() - start)
+            run.write_manifest(manifest)
+            bar.update(before.height)
+    if hasattr(stage, "summarize") and (todo or "summary" not in manifest["stages"][label]):
+        outputs = pl.scan_parquet([run.shard_path(index, label, j) for j in range(n_shards)])
+        manifest["stages"][label]["summary"] = stage.summarize(outputs)
+        run.write_manifest(manifest)
 
 
 def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator
 
 from datagen.errors import DatagenError, from_validation_error
 from datagen.generate import RESERVED_COLUMNS
@@ -44,17 +44,18 @@ class Recipe(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
-    @model_validator(mode="after")
-    def _unique_labels(self) -> "Recipe":
+    @field_validator("stages")
+    @classmethod
+    def _distinct_labels(cls, stages: list) -> list:
         seen: set[str] = set()
-        for stage in self.stages:
+        for stage in stages:
             if stage.label in seen or stage.label == "generate":
                 raise ValueError(f"two stages are labelled {stage.label!r}; give one a distinct 'name'")
             clash = {f"{stage.label}_keep", f"{stage.label}_reason"} & RESERVED_COLUMNS
             if clash:
                 raise ValueError(f"stage label {stage.label!r} would overwrite the column {sorted(clash)[0]!r}; choose another 'name'")
             seen.add(stage.label)
-        return self
+        return stages
 
     @property
     def sampling_seed(self) -> int:

@@ -10,7 +10,7 @@ from datagen.backends.scripted import ScriptedBackend
 from datagen.errors import DatagenError
 from datagen.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
-from datagen.stages.length import LengthConfig
+from datagen.stages.length import LengthConfig, LengthStage
 
 RESPONSES = ["short", "A fine answer, number {index}, passes the bar.", "one two three four five six seven eight nine ten eleven"]
 
@@ -142,3 +142,33 @@ def test_apply_stage_only_sees_alive_rows():
     assert out["keep"].to_list() == [True, False, False, False]
     assert out["dropped_by"].to_list() == [None, "length", "finished", "length"]
     assert out["completion"].to_list() == batch["completion"].to_list(), "order is preserved"
+
+
+def test_stage_hooks_fit_summarize_close(project, monkeypatch):
+    """fit sees every alive row of the run before any shard; summarize sees all outputs; close runs."""
+    calls = {}
+
+    class Hooked:
+        label = "length"
+
+        def fit(self, shards):
+            calls["fit_rows"] = sum(frame.height for frame in shards())
+            calls["fit_before_call"] = "call" not in calls
+
+        def __call__(self, frame):
+            calls["call"] = calls.get("call", 0) + 1
+            return LengthStage(LengthConfig(min_chars=10))(frame)
+
+        def summarize(self, outputs):
+            return {"rows": outputs.select(pl.len()).collect().item()}
+
+        def close(self):
+            calls["closed"] = True
+
+    monkeypatch.setattr(LengthConfig, "build", lambda self: Hooked())
+    result = run_pipeline(load_recipe(recipe_with_filters(project)), project.root / "out", progress=False)
+    finished = next(s for s in result.stage_stats if s["stage"] == "finished")
+    assert calls["fit_rows"] == finished["kept"] and calls["fit_before_call"]
+    assert calls["call"] == 2 and calls["closed"]
+    assert next(s for s in result.stage_stats if s["stage"] == "length")["summary"] == {"rows": 18}
+    assert "### length" in (project.root / "out" / "README.md").read_text()

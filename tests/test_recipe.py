@@ -48,6 +48,8 @@ BAD_RECIPES = [
     ("missing_template", {"templates": [{"name": "nope", "count": 1}]}, None, "templates[0].name", "template 'nope' not found"),
     ("zero_count", {"templates": [{"name": "tiny", "count": 0}]}, None, "templates[0].count", "greater than or equal to 1"),
     ("too_many", {"templates": [{"name": "tiny", "count": 1000}]}, None, "tiny.yaml: slots", "exceeds the 24 distinct"),
+    ("label_clash", {"stages": [{"stage": "length", "name": "finish"}]}, None, "stages", "would overwrite the column 'finish_reason'"),
+    ("duplicate_label", {"stages": [{"stage": "length"}, {"stage": "length"}]}, None, "stages", "two stages are labelled 'length'"),
     ("not_mapping", None, "- just\n- a list\n", "recipe.yaml", "expected a mapping"),
     ("non_utf8", None, b"name: caf\xe9\n", "recipe.yaml", "not valid UTF-8"),
 ]

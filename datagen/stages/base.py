@@ -30,6 +30,7 @@ class Stage(Protocol):
         every alive input row (all shards, in order), for stages with global state (dedup).
       summarize(outputs: pl.LazyFrame) -> dict: stage-level figures for the report and card
         (JSON-serializable), computed from all of the stage's output shards.
+      close(): called when the stage is done (or failed), to release models it holds.
     """
 
     label: str
