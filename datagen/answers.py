@@ -6,10 +6,21 @@ answer" means: "1/2", "0.5" and "\\frac{1}{2}" are one answer; an empty or non-n
 
 from __future__ import annotations
 
+import logging
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 from math_verify import parse, verify
+
+# It warns on every call made without a timeout (see _timeout); the warning is not actionable.
+logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+
+def _timeout(seconds: int) -> int | None:
+    # math-verify enforces timeouts with signal.alarm, which only works on the main thread;
+    # elsewhere it would raise and every answer would silently read as "none".
+    return seconds if threading.current_thread() is threading.main_thread() else None
 
 
 @dataclass(frozen=True)
@@ -26,7 +37,7 @@ def extract_answer(text: str | None) -> Answer | None:
     if not text or not text.strip():
         return None
     try:
-        parsed = parse(text, parsing_timeout=2)
+        parsed = parse(text, parsing_timeout=_timeout(2))
     except Exception:  # noqa: BLE001 - math-verify raises many parser errors; unparsable = no answer
         return None
     if not parsed:
@@ -42,6 +53,6 @@ def parse_reference(reference: str) -> Answer | None:
 
 def equivalent(reference: Answer, candidate: Answer) -> bool:
     try:
-        return bool(verify(list(reference.parsed), list(candidate.parsed), timeout_seconds=2))
+        return bool(verify(list(reference.parsed), list(candidate.parsed), timeout_seconds=_timeout(2)))
     except Exception:  # noqa: BLE001
         return False
