@@ -6,6 +6,7 @@ rerun of the same recipe skips finished shards instead of regenerating them.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -102,8 +103,19 @@ def run_pipeline(
 
     stages: list[Stage] = [config.build() for config in recipe.stages]
     labels = ["generate"] + [s.label for s in stages]
+    keys = [manifest["fingerprint"]] + loaded.stage_keys()
+    current = {run.stage_dir(i, label).name for i, label in enumerate(labels)}
+    for old in (run.root / "stages").glob("*") if (run.root / "stages").exists() else []:
+        if old.name not in current:  # a stage that was removed or moved
+            shutil.rmtree(old)
+    manifest["stages"] = {label: e for label, e in manifest["stages"].items() if label in labels}
     for index, label in enumerate(labels):
-        done = manifest["stages"].setdefault(label, {"index": index, "shards": {}})["shards"]
+        entry = manifest["stages"].get(label)
+        if entry is None or entry.get("key") != keys[index] or entry.get("index") != index:
+            # A new or changed stage (or one before it changed): its old shards are stale.
+            shutil.rmtree(run.stage_dir(index, label), ignore_errors=True)
+            entry = manifest["stages"][label] = {"index": index, "key": keys[index], "shards": {}}
+        done = entry["shards"]
         todo = [j for j in range(len(shards)) if str(j) not in done or not run.shard_path(index, label, j).exists()]
         if index == 0:
             backend = None

@@ -69,13 +69,26 @@ class LoadedRecipe:
     templates: dict[str, Template]
 
     def fingerprint(self) -> str:
-        """Changes whenever anything that shapes the output changes (recipe or template text)."""
+        """Identifies what generation produces: templates (their text too), seed, backend, sharding.
+
+        Filter stages are keyed separately (stage_keys), so changing a filter re-runs that
+        stage and the ones after it, never generation.
+        """
         h = hashlib.sha256()
-        h.update(json.dumps(self.recipe.model_dump(mode="json", exclude={"output": {"dir"}}), sort_keys=True).encode())
+        recipe = self.recipe.model_dump(mode="json", include={"seed", "templates", "backend", "execution"})
+        h.update(json.dumps(recipe, sort_keys=True).encode())
         for name in sorted(self.templates):
             h.update(name.encode())
             h.update(self.templates[name].path.read_bytes())
         return h.hexdigest()[:20]
+
+    def stage_keys(self) -> list[str]:
+        """One key per filter stage, chained: a stage's key changes when it or any stage before it does."""
+        keys, previous = [], self.fingerprint()
+        for stage in self.recipe.stages:
+            previous = hashlib.sha256((previous + json.dumps(stage.model_dump(mode="json"), sort_keys=True)).encode()).hexdigest()[:20]
+            keys.append(previous)
+        return keys
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

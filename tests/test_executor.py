@@ -172,3 +172,19 @@ def test_stage_hooks_fit_summarize_close(project, monkeypatch):
     assert calls["call"] == 2 and calls["closed"]
     assert next(s for s in result.stage_stats if s["stage"] == "length")["summary"] == {"rows": 18}
     assert "### length" in (project.root / "out" / "README.md").read_text()
+
+
+def test_changed_filter_reruns_filters_not_generation(project):
+    path = recipe_with_filters(project)
+    out = project.root / "out"
+    first = CountingBackend(RESPONSES)
+    a = run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: first)
+    second = CountingBackend(RESPONSES)
+    b = run_pipeline(load_recipe(path, ["stages.1.min_chars=0"]), out, progress=False, backend_factory=lambda: second)
+    assert second.requests == 0, "generation is reused"
+    assert b.rows_written > a.rows_written, "the relaxed filter was applied"
+    third = CountingBackend(RESPONSES)
+    c = run_pipeline(load_recipe(path, ["stages=[{stage: finished}]"]), out, progress=False, backend_factory=lambda: third)
+    assert third.requests == 0 and c.rows_written == b.rows_written
+    assert sorted(p.name for p in (out / "run" / "stages").iterdir()) == ["00_generate", "01_finished"]
+    assert [s["stage"] for s in c.stage_stats] == ["generate", "finished"]

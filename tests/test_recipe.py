@@ -31,6 +31,10 @@ def test_fingerprint_tracks_recipe_and_template_text(project):
     assert load_recipe(path).fingerprint() == base
     assert load_recipe(path, ["backend.sampling.temperature=0.1"]).fingerprint() != base
     assert load_recipe(path, ["output.dir=elsewhere"]).fingerprint() == base
+    # Filters do not change what generation produces; they have their own chained keys.
+    changed_filter = load_recipe(path, ["stages.0.drop_truncated=false"])
+    assert changed_filter.fingerprint() == base
+    assert changed_filter.stage_keys() != load_recipe(path).stage_keys()
     tpl = project.root / "templates" / "tiny.yaml"
     tpl.write_text(tpl.read_text().replace("Tell me about", "Explain"))
     assert load_recipe(path).fingerprint() != base
