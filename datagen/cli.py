@@ -1,4 +1,4 @@
-"""The `datagen` command: run, validate, preview."""
+"""The `datagen` command: run, validate, preview, dedup."""
 
 from __future__ import annotations
 
@@ -32,6 +32,22 @@ def _parser() -> argparse.ArgumentParser:
     recipe_command("validate", "Check a recipe and every template it names, without loading a model.")
     preview = recipe_command("preview", "Print rendered prompts and their slot values, without loading a model.")
     preview.add_argument("-n", type=int, default=5, help="how many prompts to show (default 5)")
+
+    help_text = "Drop exact and near-duplicate rows of any Parquet/JSONL table (MinHash LSH on word shingles)."
+    dedup = sub.add_parser("dedup", help=help_text, description=help_text)
+    dedup.add_argument("input", type=Path, help="input table (.parquet or .jsonl)")
+    dedup.add_argument("--column", required=True, help="text column to compare")
+    dedup.add_argument("--out", type=Path, required=True, help="output table (.parquet or .jsonl); every input column is kept")
+    dedup.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of word shingles (default 0.8)")
+    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    dedup.add_argument("--shingle-size", type=int, default=5, help="words per shingle (default 5)")
+    dedup.add_argument("--bands", type=int, help="LSH bands (default: chosen for recall at the threshold)")
+    dedup.add_argument("--keep", choices=["first", "best"], default="first", help="which row of a cluster to keep (default first)")
+    dedup.add_argument("--score-column", help="with --keep best: the row with the highest score is kept")
+    dedup.add_argument("--reference", type=Path, help="drop rows that near-duplicate a text of this table (decontamination)")
+    dedup.add_argument("--reference-column", help="text column of --reference (default: --column)")
+    dedup.add_argument("--keep-dropped", action="store_true", help="write dropped rows too, with <prefix>_keep and <prefix>_reason")
+    dedup.add_argument("--prefix", default="dedup", help="prefix of the added columns (default dedup)")
     return parser
 
 
@@ -113,7 +129,68 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "preview": cmd_preview}
+def cmd_dedup(args: argparse.Namespace) -> int:
+    import polars as pl
+    from pydantic import ValidationError
+
+    from datagen.errors import from_validation_error
+    from datagen.run_dir import atomic_write_bytes, atomic_write_parquet
+    from datagen.stages.dedup import DedupConfig, Deduplicator, read_table, text_column
+
+    writers = {
+        ".parquet": atomic_write_parquet,
+        ".jsonl": lambda path, frame: atomic_write_bytes(path, frame.write_ndjson().encode()),
+    }
+    writers[".ndjson"] = writers[".jsonl"]
+    write = writers.get(args.out.suffix.lower())
+    if write is None:
+        raise DatagenError(f"unknown output file extension {args.out.suffix or '(none)'!r}: use .parquet or .jsonl", args.out, "--out")
+    try:
+        config = DedupConfig(
+            name=args.prefix, threshold=args.threshold, num_perm=args.num_perm, shingle_size=args.shingle_size,
+            bands=args.bands, keep=args.keep, score_column=args.score_column,
+        )
+    except ValidationError as err:
+        error = from_validation_error(err, None)
+        if error.field in DedupConfig.model_fields:
+            error.field = "--" + {"name": "prefix"}.get(error.field, error.field).replace("_", "-")
+        raise error from None
+    frame = read_table(args.input, "input")
+    texts = text_column(frame, args.column, args.input, "--column")
+    scores = None
+    if args.score_column is not None:
+        if args.score_column not in frame.columns:
+            raise DatagenError(f"no column {args.score_column!r} (columns: {', '.join(frame.columns)})", args.input, "--score-column")
+        scores = frame[args.score_column]
+        if not (scores.dtype.is_numeric() or scores.dtype in (pl.Boolean, pl.Null)):
+            raise DatagenError(f"column {args.score_column!r} holds {scores.dtype}, not numbers", args.input, "--score-column")
+    reference = None
+    if args.reference is not None:
+        reference = text_column(read_table(args.reference, "reference"), args.reference_column or args.column, args.reference, "--reference-column")
+    names = {"keep": "keep", "reason": "reason", "kept_row": "cluster", "similarity": "similarity"}
+    if reference is not None:
+        names["reference_row"] = "reference_row"
+    names = {column: f"{args.prefix}_{suffix}" for column, suffix in names.items()}
+    clash = sorted(set(names.values()) & set(frame.columns))
+    if clash:
+        raise DatagenError(f"the input already has a column {clash[0]!r}; choose another --prefix", args.input, "--prefix")
+
+    verdicts = Deduplicator(config, reference).verdicts(texts, scores)
+    annotated = frame.hstack(verdicts.select(list(names)).rename(names))
+    keep, reason = names["keep"], names["reason"]
+    written = annotated if args.keep_dropped else annotated.filter(pl.col(keep)).drop(keep, reason)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write(args.out, written)
+
+    dropped = verdicts["reason"].drop_nulls().value_counts(sort=True).rows()
+    sizes = verdicts["kept_row"].drop_nulls().value_counts()["count"]
+    print(f"{frame.height} rows in -> {int(verdicts['keep'].sum())} kept" + (f"  ({', '.join(f'{r}={c}' for r, c in dropped)})" if dropped else ""))
+    print(f"{int((sizes > 1).sum())} duplicate clusters, largest {int(sizes.max() or 0)} rows; cluster ids are 0-based row numbers of the kept rows")
+    print(f"wrote {written.height} rows to {args.out}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "preview": cmd_preview, "dedup": cmd_dedup}
 
 
 def main(argv: list[str] | None = None) -> int:

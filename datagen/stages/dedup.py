@@ -1,0 +1,284 @@
+"""Duplicate candidates: exact (normalized text) then near (MinHash LSH confirmed by exact Jaccard),
+optionally decontaminated against a reference set (eval prompts).
+
+Dedup is global, so the stage decides every verdict in `fit` over all alive rows of the run and
+each shard only looks its rows up; a resumed run refits on the same rows and gets the same verdicts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import polars as pl
+from datasketch import MinHashLSH
+from pydantic import Field, model_validator
+
+from datagen.errors import DatagenError
+from datagen.minhash import MinHasher, Shingles, jaccard, lsh_params, normalize, shingle
+from datagen.stages.base import StageConfigBase
+
+EXACT, NEAR, REFERENCE = "exact_duplicate", "near_duplicate", "reference_match"
+PERMUTATION_SEED = 1
+READERS: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parquet, ".jsonl": pl.read_ndjson, ".ndjson": pl.read_ndjson}
+
+
+class DedupConfig(StageConfigBase):
+    stage: Literal["dedup"] = "dedup"
+    column: Literal["completion", "prompt", "both"] = Field(
+        "completion", description="prompt: the last user message; both: prompt and completion together"
+    )
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of word shingles at which rows are near-duplicates")
+    num_perm: int = Field(128, ge=16, le=1024)
+    # Five-word shingles (as in datatrove and text-dedup): one changed word in a 100-word text
+    # still leaves Jaccard ~0.9, while paraphrases that share phrases but not sentences stay apart.
+    shingle_size: int = Field(5, ge=1, le=32, description="words per shingle")
+    bands: int | None = Field(None, ge=2, description="LSH bands; default: chosen for recall at the threshold")
+    keep: Literal["first", "best"] = "first"
+    score_column: str | None = Field(None, description="with keep: best, the row with the highest score is kept")
+    reference: str | None = Field(None, description="Parquet/JSONL file; rows near-duplicating any of its texts are dropped")
+    reference_column: str = "prompt"
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DedupConfig":
+        if self.bands is not None and self.bands > self.num_perm:
+            raise ValueError(f"bands ({self.bands}) is larger than num_perm ({self.num_perm})")
+        if (self.keep == "best") != (self.score_column is not None):
+            raise ValueError("keep: best needs a score_column, and score_column is only used with keep: best")
+        return self
+
+    def build(self) -> "DedupStage":
+        return DedupStage(self)
+
+
+def read_table(path: Path, what: str) -> pl.DataFrame:
+    """A Parquet or JSONL file chosen by extension, with at least one row."""
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DatagenError(f"unknown {what} file extension {path.suffix or '(none)'!r}: use .parquet or .jsonl", path)
+    if not path.is_file():
+        raise DatagenError(f"{what} file not found", path)
+    if path.stat().st_size == 0:
+        raise DatagenError(f"{what} file is empty", path)
+    try:
+        frame = reader(path)
+    except Exception as err:  # noqa: BLE001 - polars raises several kinds for a malformed file
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DatagenError(f"cannot read the {what} file: {first}", path) from err
+    if frame.height == 0:
+        raise DatagenError(f"{what} file has no rows", path)
+    return frame
+
+
+def text_column(frame: pl.DataFrame, column: str, source: str | Path, field: str) -> pl.Series:
+    if column not in frame.columns:
+        raise DatagenError(f"no column {column!r} (columns: {', '.join(frame.columns)})", source, field)
+    series = frame[column]
+    if series.dtype == pl.Null:
+        return series.cast(pl.String)
+    if series.dtype != pl.String:
+        raise DatagenError(f"column {column!r} holds {series.dtype}, not text", source, field)
+    return series
+
+
+class Deduplicator:
+    """Verdicts for a column of texts: which rows to keep, and which kept row each dropped row duplicates."""
+
+    def __init__(self, config: DedupConfig, reference: pl.Series | None = None):
+        self.threshold = config.threshold
+        self.shingle_size = config.shingle_size
+        self.hasher = MinHasher(config.num_perm, PERMUTATION_SEED)
+        self.bands, self.rows = lsh_params(config.threshold, config.num_perm, config.bands)
+        self.reference: tuple[Shingles, MinHashLSH] | None = None
+        if reference is not None:
+            shingles, signatures = self._sketch(normalize(reference))
+            index = self._index()
+            for i in np.flatnonzero(shingles.counts()):
+                index.insert(int(i), self.hasher.lean(signatures[i]), check_duplication=False)
+            self.reference = (shingles, index)
+
+    def _index(self) -> MinHashLSH:
+        return MinHashLSH(num_perm=self.hasher.num_perm, params=(self.bands, self.rows))
+
+    def _sketch(self, normalized: pl.Series) -> tuple[Shingles, np.ndarray]:
+        shingles = shingle(normalized, self.shingle_size)
+        return shingles, self.hasher.signatures(shingles)
+
+    def _closest(self, index: MinHashLSH, signature: np.ndarray, text: int, shingles: Shingles, others: Shingles) -> tuple[int, float]:
+        """The indexed text most similar to `text` at or above the threshold, earliest on ties; (-1, 0) if none."""
+        best, best_sim = -1, 0.0
+        for key in sorted(index.query(self.hasher.lean(signature))):
+            sim = jaccard(shingles.of(text), others.of(key))
+            if sim >= self.threshold and sim > best_sim:
+                best, best_sim = key, sim
+        return best, best_sim
+
+    def reference_matches(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Per text: the row of the closest reference text at or above the threshold (-1 if none) and its similarity."""
+        rows = np.full(len(texts), -1, dtype=np.int64)
+        sims = np.zeros(len(texts))
+        if self.reference is None:
+            return rows, sims
+        ref_shingles, index = self.reference
+        shingles, signatures = self._sketch(normalize(texts))
+        for i in np.flatnonzero(shingles.counts()):
+            rows[i], sims[i] = self._closest(index, signatures[i], i, shingles, ref_shingles)
+        return rows, sims
+
+    def _near_duplicates(self, normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+        """Greedy over texts in order: each text is kept unless it is within the threshold of a text
+        kept before it. Returns, per text, the index of the kept text it belongs to and the similarity."""
+        kept = np.arange(len(normalized))
+        sims = np.ones(len(normalized))
+        if not len(normalized):
+            return kept, sims
+        shingles, signatures = self._sketch(normalized)
+        index = self._index()
+        for i in np.flatnonzero(shingles.counts()):  # empty texts have only their exact duplicates
+            match, sim = self._closest(index, signatures[i], i, shingles, shingles)
+            if match >= 0:
+                kept[i], sims[i] = match, sim
+            else:
+                index.insert(int(i), self.hasher.lean(signatures[i]), check_duplication=False)
+        return kept, sims
+
+    def verdicts(self, texts: pl.Series, scores: pl.Series | None = None, reference_views: list[pl.Series] | None = None) -> pl.DataFrame:
+        """One row per text: keep, reason, kept_row (the row kept for its cluster; itself when kept),
+        similarity (exact Jaccard to the kept row; for a kept row the highest among its duplicates),
+        reference_row. Rows are taken in order, or by descending score (nulls last) when scores are
+        given; a row is dropped when it duplicates a row kept before it, so every dropped row is within
+        the threshold of the row it names and no two kept rows are (union-find would chain rows that
+        drift further and further from the kept one)."""
+        n = len(texts)
+        order = np.arange(n) if scores is None else _by_score(scores)
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+
+        ref_row = np.full(n, -1, dtype=np.int64)
+        ref_sim = np.zeros(n)
+        for view in reference_views if reference_views is not None else [texts]:
+            rows, sims = self.reference_matches(view)
+            better = sims > ref_sim
+            ref_row[better], ref_sim[better] = rows[better], sims[better]
+
+        # Exact groups (same normalized text) in priority order; each group's first row stands for it.
+        norm = normalize(texts)
+        groups = (
+            pl.DataFrame({"norm": norm, "row": np.arange(n), "rank": rank})
+            .filter(pl.col("norm").is_not_null() & pl.Series(ref_row < 0))
+            .sort("rank")
+            .group_by("norm", maintain_order=True)
+            .agg(pl.col("row"))
+        )
+        members = groups["row"].to_list()
+        reps = np.array([rows[0] for rows in members], dtype=np.int64)
+        kept_group, group_sim = self._near_duplicates(groups["norm"])
+
+        keep = np.ones(n, dtype=bool)
+        reason = np.full(n, None, dtype=object)
+        kept_row = np.arange(n, dtype=np.int64)
+        similarity = np.full(n, np.nan)
+        for g, rows in enumerate(members):
+            target = reps[kept_group[g]]
+            for row in rows:
+                if row != target:
+                    keep[row] = False
+                    kept_row[row] = target
+                    reason[row] = EXACT if kept_group[g] == g else NEAR
+                    similarity[row] = group_sim[g]
+                    similarity[target] = np.fmax(similarity[target], group_sim[g])
+        matched = ref_row >= 0
+        keep[matched] = False
+        reason[matched] = REFERENCE
+        similarity[matched] = ref_sim[matched]
+        return pl.DataFrame(
+            {
+                "keep": keep,
+                "reason": pl.Series(reason.tolist(), dtype=pl.String),
+                "kept_row": pl.Series(kept_row).set(pl.Series(matched), None),
+                "similarity": pl.Series(similarity).fill_nan(None),
+                "reference_row": pl.Series(ref_row).set(pl.Series(~matched), None),
+            }
+        )
+
+
+def _by_score(scores: pl.Series) -> np.ndarray:
+    """Row indices by descending score, nulls (and NaN) last, input order among equals."""
+    values = scores.cast(pl.Float64).fill_nan(None)
+    frame = pl.DataFrame({"score": values}).with_row_index("row")
+    return frame.sort("score", descending=True, nulls_last=True, maintain_order=True)["row"].to_numpy()
+
+
+def prompt_text() -> pl.Expr:
+    """The rendered prompt: the content of the last user message."""
+    user = pl.element().filter(pl.element().struct.field("role") == "user").struct.field("content")
+    return pl.col("messages").list.eval(user).list.last()
+
+
+class DedupStage:
+    def __init__(self, config: DedupConfig):
+        self.config = config
+        self.label = config.label
+        reference = None
+        if config.reference is not None:
+            path = Path(config.reference)
+            reference = text_column(read_table(path, "reference"), config.reference_column, path, f"{self.label}.reference_column")
+        self.deduplicator = Deduplicator(config, reference)
+        self._verdicts: pl.DataFrame | None = None
+
+    def _inputs(self, frame: pl.DataFrame) -> pl.DataFrame:
+        c = self.config
+        if c.score_column is not None and c.score_column not in frame.columns:
+            raise DatagenError(f"score column {c.score_column!r} is not among the candidate columns (does an earlier stage add it?)", None, f"{self.label}.score_column")
+        views = {"completion": pl.col("completion"), "prompt": prompt_text()}
+        views["both"] = pl.concat_str([views["prompt"], views["completion"]], separator="\n", ignore_nulls=True)
+        wanted = ["completion", "prompt"] if c.column == "both" else [c.column]
+        columns = [pl.col("candidate_id"), views[c.column].alias("text"), *(views[v].alias(f"view_{v}") for v in wanted)]
+        if c.score_column is not None:
+            columns.append(pl.col(c.score_column).alias("score"))
+        return frame.select(columns)
+
+    def _decide(self, rows: pl.DataFrame) -> pl.DataFrame:
+        if rows["candidate_id"].n_unique() != rows.height:
+            raise RuntimeError("dedup needs unique candidate_id values")
+        views = [rows[c] for c in rows.columns if c.startswith("view_")]
+        scores = rows["score"] if "score" in rows.columns else None
+        v = self.deduplicator.verdicts(rows["text"], scores, views)
+        ids = rows["candidate_id"]
+        columns = {
+            f"{self.label}_keep": v["keep"],
+            f"{self.label}_reason": v["reason"],
+            f"{self.label}_cluster": ids.gather(v["kept_row"]),
+            f"{self.label}_similarity": v["similarity"],
+        }
+        if self.config.reference is not None:
+            columns[f"{self.label}_reference_row"] = v["reference_row"]
+        return pl.DataFrame({"candidate_id": ids, **columns})
+
+    def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
+        frames = [self._inputs(frame) for frame in shards()]
+        self._verdicts = self._decide(pl.concat(frames, how="vertical_relaxed")) if frames else None
+
+    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
+        # Without fit (a single batch used on its own), the batch is the whole data set.
+        verdicts = self._verdicts if self._verdicts is not None else self._decide(self._inputs(batch))
+        out = batch.join(verdicts, on="candidate_id", how="left", maintain_order="left")
+        if out[f"{self.label}_keep"].null_count():
+            raise RuntimeError(f"stage {self.label!r} got rows that fit did not see")
+        return out
+
+    def summarize(self, outputs: pl.LazyFrame) -> dict:
+        k = self.label
+        seen = outputs.filter(pl.col(f"{k}_keep").is_not_null())
+        reasons = dict(seen.group_by(f"{k}_reason").len().collect().rows())
+        sizes = seen.filter(pl.col(f"{k}_cluster").is_not_null()).group_by(f"{k}_cluster").len().collect()["len"]
+        return {
+            "exact_duplicates": int(reasons.get(EXACT, 0)),
+            "near_duplicates": int(reasons.get(NEAR, 0)),
+            "reference_matches": int(reasons.get(REFERENCE, 0)),
+            "duplicate_clusters": int((sizes > 1).sum()),
+            "largest_cluster": int(sizes.max() or 0),
+            "lsh_bands": self.deduplicator.bands,
+            "lsh_rows": self.deduplicator.rows,
+        }
