@@ -86,7 +86,10 @@ class LoadedRecipe:
         """One key per filter stage, chained: a stage's key changes when it or any stage before it does."""
         keys, previous = [], self.fingerprint()
         for stage in self.recipe.stages:
-            previous = hashlib.sha256((previous + json.dumps(stage.model_dump(mode="json"), sort_keys=True)).encode()).hexdigest()[:20]
+            h = hashlib.sha256((previous + json.dumps(stage.model_dump(mode="json"), sort_keys=True)).encode())
+            for path in stage.input_files():
+                h.update(path.read_bytes() if path.is_file() else b"missing")
+            previous = h.hexdigest()[:20]
             keys.append(previous)
         return keys
 

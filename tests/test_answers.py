@@ -29,3 +29,9 @@ def test_works_off_the_main_thread():
     worker.start()
     worker.join()
     assert results == [True]
+
+
+@pytest.mark.parametrize("text", ["\\boxed{?} 45", "so 45 apples. \\boxed{}", "45 \\boxed{banana}"])
+def test_a_box_is_the_answer_and_cannot_be_rescued(text):
+    answer = extract_answer(text)
+    assert answer is None or not equivalent(parse_reference("45"), answer)

@@ -110,3 +110,15 @@ def test_preview_prints_prompts_without_a_model(project):
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("=== tiny") == 2 and "slots: {" in result.stdout and "[user]" in result.stdout
     assert "(2 of 6 prompts)" in result.stdout
+
+
+def test_stage_key_tracks_files_the_stage_reads(project, tmp_path):
+    import polars as pl
+
+    reference = tmp_path / "evals.parquet"
+    pl.DataFrame({"prompt": ["What is the capital of France?"]}).write_parquet(reference)
+    path = project(stages=[{"stage": "finished"}, {"stage": "dedup", "reference": str(reference)}])
+    before = load_recipe(path).stage_keys()
+    pl.DataFrame({"prompt": ["Name the largest planet."]}).write_parquet(reference)
+    after = load_recipe(path).stage_keys()
+    assert before[0] == after[0] and before[1] != after[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol
 
 import polars as pl
@@ -16,6 +17,10 @@ class StageConfigBase(StrictModel):
     @property
     def label(self) -> str:
         return self.name or self.stage  # type: ignore[attr-defined]
+
+    def input_files(self) -> list[Path]:
+        """Files the stage reads besides its rows; their contents are part of the stage's key."""
+        return []
 
     def build(self) -> "Stage":
         raise NotImplementedError

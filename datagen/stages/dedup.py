@@ -48,6 +48,9 @@ class DedupConfig(StageConfigBase):
             raise ValueError("keep: best needs a score_column, and score_column is only used with keep: best")
         return self
 
+    def input_files(self) -> list[Path]:
+        return [Path(self.reference)] if self.reference else []
+
     def build(self) -> "DedupStage":
         return DedupStage(self)
 
