@@ -40,15 +40,21 @@ class RunResult:
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
 
 
-def apply_stage(stage: Stage, batch: pl.DataFrame) -> pl.DataFrame:
-    """Run a filter on the rows still alive; dropped rows keep their earlier verdicts."""
+def _selected(templates: list[str] | None) -> pl.Expr:
+    """Rows a stage applies to: alive ones, of the stage's templates when it names any."""
+    alive = pl.col("keep")
+    return alive if templates is None else alive & pl.col("template_id").is_in(templates)
+
+
+def apply_stage(stage: Stage, batch: pl.DataFrame, templates: list[str] | None = None) -> pl.DataFrame:
+    """Run a filter on the rows still alive (of its templates); the others pass through as they are."""
     label = stage.label
     batch = batch.with_row_index("_row")
-    alive = batch.filter(pl.col("keep"))
-    annotated = stage(alive)
-    if annotated.height != alive.height or f"{label}_keep" not in annotated.columns:
+    selected = batch.filter(_selected(templates))
+    annotated = stage(selected)
+    if annotated.height != selected.height or f"{label}_keep" not in annotated.columns:
         raise RuntimeError(f"stage {label!r} must annotate every row it is given with {label}_keep")
-    merged = pl.concat([annotated, batch.filter(~pl.col("keep"))], how="diagonal_relaxed").sort("_row").drop("_row")
+    merged = pl.concat([annotated, batch.filter(~_selected(templates))], how="diagonal_relaxed").sort("_row").drop("_row")
     verdict = pl.col(f"{label}_keep").fill_null(True)
     return merged.with_columns(
         pl.when(pl.col("keep") & ~verdict).then(pl.lit(label)).otherwise(pl.col("dropped_by")).alias("dropped_by"),
@@ -121,6 +127,7 @@ def run_pipeline(
             backend = None
             if todo:
                 backend = backend_factory() if backend_factory else _open_backend(loaded)
+                manifest["model"] = backend.model_name
             try:
                 _run_generate(loaded, run, manifest, shards, todo, backend, progress)
             finally:
@@ -129,14 +136,14 @@ def run_pipeline(
             continue
         stage = stages[index - 1]
         try:
-            _run_filter(stage, index, labels, run, manifest, len(shards), todo, progress)
+            _run_filter(stage, recipe.stages[index - 1].templates, index, labels, run, manifest, len(shards), todo, progress)
         finally:
             if hasattr(stage, "close"):  # stages that hold a model (judge) release it here
                 stage.close()
 
     last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
     stage_stats = summarize(manifest, labels)
-    written = write_dataset(last, out, loaded, stage_stats)
+    written = write_dataset(last, out, loaded, stage_stats, manifest.get("model"))
     manifest["complete"] = True
     manifest["rows_written"] = written
     run.write_manifest(manifest)
@@ -174,20 +181,20 @@ def _run_generate(loaded, run: RunDir, manifest, shards, todo, backend, progress
             bar.update(shards[j].height)
 
 
-def _run_filter(stage: Stage, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress) -> None:
+def _run_filter(stage: Stage, templates: list[str] | None, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress) -> None:
     label = stage.label
     done = manifest["stages"][label]["shards"]
     previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(n_shards)]
     if todo and hasattr(stage, "fit"):
         # Stages with global state (dedup, collapse) see every alive row before any shard.
-        stage.fit(lambda: (pl.read_parquet(p).filter(pl.col("keep")) for p in previous))
+        stage.fit(lambda: (pl.read_parquet(p).filter(_selected(templates)) for p in previous))
     inputs = [previous[j] for j in todo]
     total = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in inputs)
     with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar:
         for j, source in zip(todo, inputs):
             start = time.perf_counter()
             before = pl.read_parquet(source)
-            after = apply_stage(stage, before)
+            after = apply_stage(stage, before, templates)
             atomic_write_parquet(run.shard_path(index, label, j), after)
             done[str(j)] = shard_stats(label, before, after, time.perf_counter() - start)
             run.write_manifest(manifest)

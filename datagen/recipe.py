@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from datagen.errors import DatagenError, from_validation_error
 from datagen.generate import RESERVED_COLUMNS
@@ -56,6 +56,15 @@ class Recipe(StrictModel):
                 raise ValueError(f"stage label {stage.label!r} would overwrite the column {sorted(clash)[0]!r}; choose another 'name'")
             seen.add(stage.label)
         return stages
+
+    @model_validator(mode="after")
+    def _stage_templates_exist(self) -> "Recipe":
+        names = {t.name for t in self.templates}
+        for i, stage in enumerate(self.stages):
+            unknown = sorted(set(stage.templates or []) - names)
+            if unknown:
+                raise ValueError(f"stages[{i}].templates: {unknown[0]!r} is not one of the recipe's templates")
+        return self
 
     @property
     def sampling_seed(self) -> int:

@@ -48,7 +48,7 @@ def format_rows(candidates: pl.DataFrame, fmt: str, stage_labels: list[str]) -> 
     return candidates.select(*head, *meta)
 
 
-def write_dataset(shards: list[Path], out: Path, loaded: "LoadedRecipe", stage_stats: list[dict[str, Any]]) -> int:
+def write_dataset(shards: list[Path], out: Path, loaded: "LoadedRecipe", stage_stats: list[dict[str, Any]], model: str | None = None) -> int:
     kept = pl.concat([pl.read_parquet(p).filter(pl.col("keep")) for p in shards], how="vertical_relaxed") if shards else None
     if kept is None:
         raise ValueError("no shards to write")
@@ -69,12 +69,12 @@ def write_dataset(shards: list[Path], out: Path, loaded: "LoadedRecipe", stage_s
     final = out / "data"
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    card = dataset_card(loaded, features, table.num_rows, stage_stats)
+    card = dataset_card(loaded, features, table.num_rows, stage_stats, model or loaded.recipe.backend.model)
     atomic_write_bytes(out / "README.md", card.encode())
     return table.num_rows
 
 
-def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int, stage_stats: list[dict[str, Any]]) -> str:
+def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int, stage_stats: list[dict[str, Any]], model: str) -> str:
     recipe = loaded.recipe
     info = datasets.DatasetInfo(features=features)
     templates = ", ".join(f"{t.name} ({t.count if t.count is not None else 'all'})" for t in recipe.templates)
@@ -94,7 +94,7 @@ def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int,
         recipe.description or "Synthetic data made with datagen.",
         "",
         f"- Rows: {rows} ({recipe.output.format} format)",
-        f"- Model: {recipe.backend.model} via {recipe.backend.kind}",
+        f"- Model: {model} via {recipe.backend.kind}",
         f"- Templates: {templates}",
         f"- Seed: {recipe.seed}; sampling: {sampling}",
         "",

@@ -188,3 +188,19 @@ def test_changed_filter_reruns_filters_not_generation(project):
     assert third.requests == 0 and c.rows_written == b.rows_written
     assert sorted(p.name for p in (out / "run" / "stages").iterdir()) == ["00_generate", "01_finished"]
     assert [s["stage"] for s in c.stage_stats] == ["generate", "finished"]
+
+
+def test_stage_limited_to_templates_leaves_other_rows_untouched(project):
+    out = project.root / "out"
+    math = {"id": "other", "user": "Say {{ word }}.", "slots": {"word": ["a", "b", "c"]}, "expansion": {"mode": "product"}}
+    from conftest import write_yaml
+
+    write_yaml(project.root / "templates" / "other.yaml", math)
+    path = recipe_with_filters(project, templates=[{"name": "tiny", "count": 6}, {"name": "other"}])
+    loaded = load_recipe(path, ["stages.1.templates=[other]"])
+    run_pipeline(loaded, out, progress=False)
+    rows = pl.read_parquet(out / "run" / "stages" / "02_length" / "*.parquet").filter(pl.col("finished_keep"))
+    tiny, other = rows.filter(pl.col("template_id") == "tiny"), rows.filter(pl.col("template_id") == "other")
+    assert tiny["length_keep"].is_null().all() and tiny["keep"].all(), "rows of other templates pass untouched"
+    assert other["length_keep"].is_not_null().all()
+    assert (other.filter(pl.col("completion") == "short")["dropped_by"] == "length").all()

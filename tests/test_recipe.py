@@ -54,6 +54,7 @@ BAD_RECIPES = [
     ("too_many", {"templates": [{"name": "tiny", "count": 1000}]}, None, "tiny.yaml: slots", "exceeds the 24 distinct"),
     ("label_clash", {"stages": [{"stage": "length", "name": "finish"}]}, None, "stages", "would overwrite the column 'finish_reason'"),
     ("duplicate_label", {"stages": [{"stage": "length"}, {"stage": "length"}]}, None, "stages", "two stages are labelled 'length'"),
+    ("stage_templates", {"stages": [{"stage": "length", "templates": ["nope"]}]}, None, "recipe.yaml", "stages[0].templates: 'nope' is not one of"),
     ("not_mapping", None, "- just\n- a list\n", "recipe.yaml", "expected a mapping"),
     ("non_utf8", None, b"name: caf\xe9\n", "recipe.yaml", "not valid UTF-8"),
 ]

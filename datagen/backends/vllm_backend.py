@@ -46,6 +46,9 @@ def engine_kwargs(config: BackendConfig, cpu: bool, seed: int) -> dict[str, Any]
     if cpu:
         # Eager mode starts in seconds; compiled mode recompiles for ~45 s on every start.
         kwargs.update(enforce_eager=True, dtype="bfloat16", max_model_len=2048)
+        # Chunked prefill rewinds per-request seeded generators, which CPU generators cannot do
+        # ("CPU Generator does not use offset"): seen as soon as a batch's prompts exceed the budget.
+        kwargs.update(enable_chunked_prefill=False)
     kwargs.update(config.engine)
     return kwargs
 

@@ -13,6 +13,9 @@ from datagen.schema import StrictModel
 
 class StageConfigBase(StrictModel):
     name: str | None = Field(None, pattern=r"^[a-z][a-z0-9_]*$", description="column prefix; defaults to the stage kind")
+    templates: list[str] | None = Field(
+        None, min_length=1, description="apply only to rows of these templates; the others pass through untouched"
+    )
 
     @property
     def label(self) -> str:
