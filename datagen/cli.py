@@ -1,4 +1,4 @@
-"""The `datagen` command: run, validate, preview, dedup."""
+"""The `datagen` command: run, validate, preview, dedup, inspect, counterexamples."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 from datagen.errors import DatagenError
 
 EXIT_USER_ERROR = 2
+COUNTEREXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "pipelines" / "counterexamples.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,11 +28,26 @@ def _parser() -> argparse.ArgumentParser:
 
     run = recipe_command("run", "Run a recipe and write a Hugging Face dataset.")
     run.add_argument("--out", type=Path, help="output directory (default: the recipe's output.dir)")
-    run.add_argument("--force", action="store_true", help="replace a run of a different recipe in --out")
-    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--force", action="store_true", help="replace a run of a different recipe in --out")
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in --out, skipping finished shards (the default: rerunning the same command resumes)")
+    run.add_argument("--no-progress", action="store_true", help="no progress output (same as --progress none)")
+    run.add_argument("--progress", choices=["auto", "bar", "log", "none"], default="auto",
+                     help="bar: live bars; log: plain lines every few seconds; auto (default): bars on a terminal, else lines")
+    run.add_argument("--executor", choices=["local", "ray"], default="local",
+                     help="local (default): this process; ray: stages as Ray Data map_batches, generation in actors (needs the ray extra)")
+    run.add_argument("--address", help="with --executor ray: the Ray cluster to join ('auto' or HEAD:6379); default: start a local Ray")
     recipe_command("validate", "Check a recipe and every template it names, without loading a model.")
     preview = recipe_command("preview", "Print rendered prompts and their slot values, without loading a model.")
     preview.add_argument("-n", type=int, default=5, help="how many prompts to show (default 5)")
+
+    help_text = "Show a run's key figures (rows per stage, drop reasons, scores) and, with --rows/--where, its rows."
+    inspect = sub.add_parser("inspect", help=help_text, description=help_text)
+    inspect.add_argument("dir", type=Path, help="a run's output directory (or a dataset written by datagen)")
+    inspect.add_argument("--rows", type=int, metavar="N", help="show N rows (default 5 with --where)")
+    inspect.add_argument("--where", action="append", default=[], metavar="stage=NAME|COLUMN=VALUE",
+                         help="stage=NAME: the rows that stage dropped, with why; COLUMN=VALUE: rows where COLUMN equals VALUE (repeatable)")
 
     help_text = "Drop exact and near-duplicate rows of any Parquet/JSONL table (MinHash LSH on word shingles)."
     dedup = sub.add_parser("dedup", help=help_text, description=help_text)
@@ -48,6 +64,19 @@ def _parser() -> argparse.ArgumentParser:
     dedup.add_argument("--reference-column", help="text column of --reference (default: --column)")
     dedup.add_argument("--keep-dropped", action="store_true", help="write dropped rows too, with <prefix>_keep and <prefix>_reason")
     dedup.add_argument("--prefix", default="dedup", help="prefix of the added columns (default dedup)")
+
+    help_text = ("Targeted training data from a model's failures: cluster them, split --budget prompts across the clusters by "
+                 "size x severity, generate new problems of each kind and re-solve the failures (runs pipelines/counterexamples.yaml).")
+    cx = sub.add_parser("counterexamples", help=help_text, description=help_text)
+    cx.add_argument("failures", type=Path, help="failed eval cases (.parquet or .jsonl): prompt, output; optional expected, tag, severity, id")
+    cx.add_argument("--budget", type=int, required=True, help="prompts to generate, spread across the clusters")
+    cx.add_argument("--train", type=Path, help="the training set (.parquet or .jsonl with prompt, or TRL messages): neighbours and decontamination")
+    cx.add_argument("--k", type=int, help="number of clusters (default: chosen by silhouette)")
+    cx.add_argument("--out", type=Path, required=True, help="output directory: the targeted set, and the DPO pairs in OUT/pairs")
+    cx.add_argument("--recipe", type=Path, default=COUNTEREXAMPLE_RECIPE, help="the recipe to run (default: pipelines/counterexamples.yaml)")
+    cx.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any other recipe field")
+    cx.add_argument("--force", action="store_true", help="replace a run of a different recipe in --out")
+    cx.add_argument("--no-progress", action="store_true", help="no progress output")
     return parser
 
 
@@ -77,14 +106,48 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         raise DatagenError("no output directory: pass --out DIR or set output.dir", args.recipe, "output.dir")
     if loaded.recipe.backend.kind == "vllm":
-        _ensure_openmp_preload()
-    from datagen.executor import run_pipeline
+        from datagen.backends.vllm_backend import check_model
 
-    result = run_pipeline(loaded, out, force=args.force, progress=not args.no_progress)
+        try:  # before the output directory is touched
+            check_model(loaded.recipe.backend.model)
+        except DatagenError as err:
+            err.source = err.source or str(args.recipe)
+            raise
+        _ensure_openmp_preload()
+    if loaded.recipe.backend.kind == "openai":
+        from datagen.backends.openai_backend import api_key
+
+        try:  # the key variable, also before the output directory is touched
+            api_key(loaded.recipe.backend)
+        except DatagenError as err:
+            err.source = err.source or str(args.recipe)
+            raise
+    progress = "none" if args.no_progress else args.progress
+    if args.executor == "ray":
+        from datagen.ray_executor import run_pipeline_ray
+
+        result = run_pipeline_ray(loaded, out, address=args.address, force=args.force, progress=progress)
+    else:
+        if args.address is not None:
+            raise DatagenError("only used with --executor ray", field="--address")
+        from datagen.executor import run_pipeline
+
+        result = run_pipeline(loaded, out, force=args.force, progress=progress)
     for s in result.stage_stats:
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(s["dropped"].items()))
         print(f"{s['stage']:>12}: {s['rows_in']:>6} in -> {s['kept']:>6} kept" + (f"  ({reasons})" if reasons else ""))
     print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
+    if loaded.recipe.input is not None and loaded.recipe.output.format == "counterexamples":
+        from datagen.counterexamples.output import PAIRS_DIR, write_pairs
+
+        pairs = write_pairs(out, loaded)
+        if pairs:
+            print(f"wrote {pairs} fix/failure DPO pairs to {out / PAIRS_DIR} (load with datasets.load_dataset({str(out / PAIRS_DIR)!r}))")
+        elif pairs == 0:
+            print("no fix/failure DPO pairs: no correction verified against its expected answer")
+    report = out / "run" / "report.html"
+    if report.exists():
+        print(f"report: {report} (or: datagen inspect {out})")
     return 0
 
 
@@ -103,6 +166,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except DatagenError as err:
             err.source = err.source or str(args.recipe)
             raise
+    for config in recipe.stages:  # building reads the files a stage needs (dedup's reference, ...); no model loads
+        stage = config.build()
+        if hasattr(stage, "close"):
+            stage.close()
     stages = " -> ".join(["generate"] + [s.label for s in recipe.stages])
     print(f"ok: {args.recipe}: {len(loaded.templates)} template(s), {prompts.height} prompts x n={recipe.backend.sampling.n}; {stages}")
     return 0
@@ -190,7 +257,46 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "preview": cmd_preview, "dedup": cmd_dedup}
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from datagen.inspect import inspect
+
+    if args.rows is not None and args.rows < 0:
+        raise DatagenError("must be at least 0", field="--rows")
+    try:
+        inspect(args.dir, args.rows, args.where)
+    except BrokenPipeError:  # `datagen inspect DIR | head`: the reader has seen enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+def cmd_counterexamples(args: argparse.Namespace) -> int:
+    """Sugar for `datagen run RECIPE --set input.failures=F --set budget=B ...`, checking the files first."""
+    from datagen.counterexamples.failures import read_failures, read_train
+    from datagen.recipe import load_recipe
+
+    if args.budget < 1:
+        raise DatagenError("must be at least 1", field="--budget")
+    if args.k is not None and args.k < 1:
+        raise DatagenError("must be at least 1", field="--k")
+    # JSON strings are YAML strings: a path with ': ' or '#' stays a path.
+    overrides = [f"input.failures={json.dumps(str(args.failures.resolve()))}", f"budget={args.budget}",
+                 f"input.train={json.dumps(str(args.train.resolve())) if args.train else 'null'}"]
+    if args.k is not None:
+        overrides.append(f"input.k={args.k}")
+    overrides += args.overrides
+    source = load_recipe(args.recipe, overrides).recipe.input
+    assert source is not None  # the overrides above give it one
+    # A bad failures or training file fails here, in one line, before any model loads.
+    read_failures(args.failures, source.text_column, source.severity_column, source.severity_required)
+    if args.train is not None:
+        read_train(args.train, source.text_column)
+    run = argparse.Namespace(recipe=args.recipe, overrides=overrides, out=args.out, force=args.force, resume=False,
+                             no_progress=args.no_progress, progress="auto", executor="local", address=None)
+    return cmd_run(run)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "preview": cmd_preview, "dedup": cmd_dedup, "inspect": cmd_inspect,
+            "counterexamples": cmd_counterexamples}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,26 +7,34 @@ rerun of the same recipe skips finished shards instead of regenerating them.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Protocol
 
 import polars as pl
-from tqdm import tqdm
 
 from datagen.backends import Backend, make_backend
+from datagen.builders import build_output
 from datagen.errors import DatagenError
 from datagen.generate import generate_shard, prompts_frame
+from datagen.progress import StageProgress
 from datagen.recipe import LoadedRecipe
-from datagen.run_dir import RunDir, atomic_write_parquet
-from datagen.stages import Stage
+from datagen.report import write_report
+from datagen.run_dir import RunDir, atomic_write_parquet, content_key
+from datagen.schema import BackendConfig
+from datagen.stages import Stage, StageConfigBase
 from datagen.templates import expand
 from datagen.writer import write_dataset
 
 
 def expand_prompts(loaded: LoadedRecipe) -> pl.DataFrame:
+    if loaded.recipe.input is not None:  # prompts from clusters of failures, not from slot vocabularies
+        from datagen.counterexamples.expand import counterexample_prompts
+
+        return counterexample_prompts(loaded)
     rows: list[dict] = []
     for use in loaded.recipe.templates:
         rows.extend(expand(loaded.templates[use.name], use.count, loaded.recipe.seed))
@@ -83,8 +91,8 @@ def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: 
     return stats
 
 
-def _progress(label: str, position: str, total: int, unit: str, enabled: bool) -> tqdm:
-    return tqdm(total=total, desc=f"{position} {label}", unit=unit, disable=not enabled, file=sys.stderr, dynamic_ncols=True)
+def _progress(label: str, position: str, total: int, unit: str, progress: bool | str) -> StageProgress:
+    return StageProgress(label, position, total, unit, progress)
 
 
 def run_pipeline(
@@ -92,14 +100,18 @@ def run_pipeline(
     out: Path,
     *,
     force: bool = False,
-    progress: bool = True,
+    progress: bool | str = True,
     backend_factory: Callable[[], Backend] | None = None,
+    runner: "ShardRunner | None" = None,
 ) -> RunResult:
     recipe = loaded.recipe
+    runner = runner or LocalRunner()
+    # What bad input can break (templates, stage files) fails here, before the output is touched.
+    prompts = expand_prompts(loaded)
+    stages: list[Stage] = [config.build() for config in recipe.stages]
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force)
     manifest.update(recipe=recipe.name, recipe_path=str(loaded.path))
-    prompts = expand_prompts(loaded)
     atomic_write_parquet(run.root / "prompts.parquet", prompts)
     size = recipe.execution.shard_size
     shards = [prompts.slice(i, size) for i in range(0, prompts.height, size)]
@@ -107,7 +119,6 @@ def run_pipeline(
     manifest["shards"] = len(shards)
     run.write_manifest(manifest)
 
-    stages: list[Stage] = [config.build() for config in recipe.stages]
     labels = ["generate"] + [s.label for s in stages]
     keys = [manifest["fingerprint"]] + loaded.stage_keys()
     current = {run.stage_dir(i, label).name for i, label in enumerate(labels)}
@@ -121,68 +132,111 @@ def run_pipeline(
             # A new or changed stage (or one before it changed): its old shards are stale.
             shutil.rmtree(run.stage_dir(index, label), ignore_errors=True)
             entry = manifest["stages"][label] = {"index": index, "key": keys[index], "shards": {}}
-        done = entry["shards"]
-        todo = [j for j in range(len(shards)) if str(j) not in done or not run.shard_path(index, label, j).exists()]
+        # The shards to compute, each with the key of the input it is computed from.
+        global_input = index > 0 and hasattr(stages[index - 1], "fit")
+        keys_now = {j: shard_key(manifest, labels, index, j, shards, global_input) for j in range(len(shards))}
+        todo = {j: key for j, key in keys_now.items() if not run.shard_done(index, label, j, entry["shards"].get(str(j)), key)}
         if index == 0:
-            backend = None
-            if todo:
-                backend = backend_factory() if backend_factory else _open_backend(loaded)
-                manifest["model"] = backend.model_name
-            try:
-                _run_generate(loaded, run, manifest, shards, todo, backend, progress)
-            finally:
-                if backend is not None:
-                    backend.close()
+            open_backend = backend_factory or partial(_open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
+            _run_generate(loaded, run, manifest, shards, todo, runner, open_backend, progress)
             continue
         stage = stages[index - 1]
         try:
-            _run_filter(stage, recipe.stages[index - 1].templates, index, labels, run, manifest, len(shards), todo, progress)
+            _run_filter(stage, recipe.stages[index - 1], index, labels, run, manifest, len(shards), todo, progress, runner)
         finally:
             if hasattr(stage, "close"):  # stages that hold a model (judge) release it here
                 stage.close()
 
     last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
     stage_stats = summarize(manifest, labels)
-    written = write_dataset(last, out, loaded, stage_stats, manifest.get("model"))
+    rows, output_stats = build_output(last, recipe.output, labels)
+    written = write_dataset(rows, out, loaded, stage_stats, manifest.get("model"), output_stats)
+    manifest["output"] = output_stats
     manifest["complete"] = True
     manifest["rows_written"] = written
     run.write_manifest(manifest)
+    write_report(out)
     return RunResult(out=out, rows_written=written, stage_stats=stage_stats)
 
 
-def _open_backend(loaded: LoadedRecipe) -> Backend:
-    config = loaded.recipe.backend
+def shard_key(manifest: dict[str, Any], labels: list[str], index: int, j: int, shards: list[pl.DataFrame], global_input: bool) -> str:
+    """What shard j of a stage is computed from: the stage's key and the content of its input, the
+    prompt shard for generate, else the previous stage's shard (every one of them for a stage that
+    fits on the whole run, like dedup, whose verdicts in one shard depend on all the others)."""
+    stage_key = manifest["stages"][labels[index]]["key"]
+    if index == 0:
+        return content_key(stage_key, *shards[j]["prompt_id"])
+    previous = manifest["stages"][labels[index - 1]]["shards"]
+    sources = range(len(shards)) if global_input else [j]
+    return content_key(stage_key, *(previous.get(str(i), {}).get("digest", "missing") for i in sources))
+
+
+def _open_backend(config: BackendConfig, seed: int, source: Path) -> Backend:
     try:
-        return make_backend(config, loaded.recipe.sampling_seed)
+        return make_backend(config, seed)
     except DatagenError as err:
         if err.source is None:
-            err.source = str(loaded.path)
+            err.source = str(source)
         raise
     except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first}", loaded.path, "backend.model") from err
+        raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first}", source, "backend.model") from err
 
 
-def _run_generate(loaded, run: RunDir, manifest, shards, todo, backend, progress) -> None:
+class ShardRunner(Protocol):
+    """Computes stage outputs for a list of shards, yielding each as it is done (in any order);
+    the executor writes, counts and records them. LocalRunner here, RayRunner in ray_executor."""
+
+    def generate(
+        self, open_backend: Callable[[], Backend], backend: BackendConfig, sampling_seed: int, shards: list[tuple[int, pl.DataFrame]]
+    ) -> Iterator[tuple[int, pl.DataFrame, float]]:
+        """(shard, candidates, seconds) per prompt shard."""
+        ...
+
+    def filter(self, stage: Stage, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
+        """(shard, before, after, seconds) per input shard file; `stage` is already fitted."""
+        ...
+
+
+class LocalRunner:
+    """One shard after another, in this process."""
+
+    def generate(self, open_backend, backend: BackendConfig, sampling_seed: int, shards):
+        if not shards:
+            return
+        engine = open_backend()
+        try:
+            for j, prompts in shards:
+                start = time.perf_counter()
+                frame = generate_shard(prompts, engine, backend.sampling, sampling_seed, backend.kind)
+                yield j, frame, time.perf_counter() - start
+        finally:
+            engine.close()
+
+    def filter(self, stage: Stage, config: StageConfigBase, sources):
+        for j, source in sources:
+            start = time.perf_counter()
+            before = pl.read_parquet(source)
+            after = apply_stage(stage, before, config.templates)
+            yield j, before, after, time.perf_counter() - start
+
+
+def _run_generate(loaded, run: RunDir, manifest, shards, todo, runner: ShardRunner, open_backend, progress) -> None:
     recipe = loaded.recipe
     done = manifest["stages"]["generate"]["shards"]
     n_stages = len(recipe.stages) + 1
-    with _progress("generate", f"[1/{n_stages}]", sum(shards[j].height for j in todo), "prompt", progress) as bar:
-        tokens = 0
-        started = time.perf_counter()
-        for j in todo:
-            start = time.perf_counter()
-            frame = generate_shard(shards[j], backend, recipe.backend.sampling, recipe.sampling_seed, recipe.backend.kind)
-            atomic_write_parquet(run.shard_path(0, "generate", j), frame)
-            done[str(j)] = shard_stats("generate", shards[j], frame, time.perf_counter() - start)
+    results = runner.generate(open_backend, recipe.backend, recipe.sampling_seed, [(j, shards[j]) for j in todo])
+    with _progress("generate", f"[1/{n_stages}]", sum(shards[j].height for j in todo), "prompt", progress) as bar, closing(results):
+        for j, frame, seconds in results:
+            manifest["model"] = frame["model"][0]
+            digest = atomic_write_parquet(run.shard_path(0, "generate", j), frame)
+            done[str(j)] = shard_stats("generate", shards[j], frame, seconds) | {"key": todo[j], "digest": digest}
             run.write_manifest(manifest)
-            tokens += done[str(j)]["tokens"]
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - started, 1e-9):.0f} tok/s")
-            bar.update(shards[j].height)
+            bar.update(shards[j].height, tokens=done[str(j)]["tokens"])
 
 
-def _run_filter(stage: Stage, templates: list[str] | None, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress) -> None:
-    label = stage.label
+def _run_filter(stage: Stage, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress, runner: ShardRunner) -> None:
+    label, templates = stage.label, config.templates
     done = manifest["stages"][label]["shards"]
     previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(n_shards)]
     if todo and hasattr(stage, "fit"):
@@ -190,13 +244,11 @@ def _run_filter(stage: Stage, templates: list[str] | None, index: int, labels: l
         stage.fit(lambda: (pl.read_parquet(p).filter(_selected(templates)) for p in previous))
     inputs = [previous[j] for j in todo]
     total = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in inputs)
-    with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar:
-        for j, source in zip(todo, inputs):
-            start = time.perf_counter()
-            before = pl.read_parquet(source)
-            after = apply_stage(stage, before, templates)
-            atomic_write_parquet(run.shard_path(index, label, j), after)
-            done[str(j)] = shard_stats(label, before, after, time.perf_counter() - start)
+    results = runner.filter(stage, config, list(zip(todo, inputs)))
+    with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar, closing(results):
+        for j, before, after, seconds in results:
+            digest = atomic_write_parquet(run.shard_path(index, label, j), after)
+            done[str(j)] = shard_stats(label, before, after, seconds) | {"key": todo[j], "digest": digest}
             run.write_manifest(manifest)
             bar.update(before.height)
     if hasattr(stage, "summarize") and (todo or "summary" not in manifest["stages"][label]):

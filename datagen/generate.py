@@ -44,8 +44,13 @@ CANDIDATE_SCHEMA = PROMPT_SCHEMA | {
 RESERVED_COLUMNS = frozenset(CANDIDATE_SCHEMA) | {"keep", "dropped_by"}
 
 
-def prompts_frame(rows: list[dict]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=PROMPT_SCHEMA)
+def prompts_frame(rows: list[dict], extra: dict[str, pl.DataType] | None = None) -> pl.DataFrame:
+    """The prompt rows; `extra` declares provenance columns beyond PROMPT_SCHEMA (a counterexample's
+    cluster, say), which generate_shard copies onto every candidate of the prompt."""
+    clash = sorted(set(extra or {}) & RESERVED_COLUMNS)
+    if clash:
+        raise ValueError(f"extra prompt column {clash[0]!r} is a reserved candidate column")
+    return pl.DataFrame(rows, schema=PROMPT_SCHEMA | (extra or {}))
 
 
 def request_seed(sampling_seed: int, prompt_id: str) -> int:
@@ -85,7 +90,8 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
                     "generate_reason": None if gen.error is None else f"error: {gen.error}",
                 }
             )
-    frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA)
+    extra = {name: dtype for name, dtype in prompts.schema.items() if name not in PROMPT_SCHEMA}
+    frame = pl.DataFrame(rows, schema=CANDIDATE_SCHEMA | extra)
     return frame.with_columns(
         pl.col("generate_keep").alias("keep"),
         pl.when(pl.col("generate_keep")).then(None).otherwise(pl.lit("generate")).cast(pl.String).alias("dropped_by"),

@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from datagen.builders.config import PairsConfig
+from datagen.counterexamples.config import InputConfig, anchor_paths
 from datagen.errors import DatagenError, from_validation_error
 from datagen.generate import RESERVED_COLUMNS
 from datagen.schema import BackendConfig, StrictModel
@@ -26,7 +28,16 @@ class TemplateUse(StrictModel):
 
 class OutputConfig(StrictModel):
     dir: str | None = None
-    format: Literal["sft", "prompt_completion"] = "sft"
+    format: Literal["sft", "prompt_completion", "dpo", "counterexamples"] = "sft"
+    pairs: PairsConfig | None = Field(None, description="format dpo: how chosen/rejected pairs are built (default: strategy verified)")
+
+    @model_validator(mode="after")
+    def _pairs_for_dpo(self) -> "OutputConfig":
+        if self.format == "dpo" and self.pairs is None:
+            self.pairs = PairsConfig()
+        elif self.format != "dpo" and self.pairs is not None:
+            raise ValueError("pairs only applies to format: dpo")
+        return self
 
 
 class ExecutionConfig(StrictModel):
@@ -43,6 +54,8 @@ class Recipe(StrictModel):
     stages: list[StageConfig] = Field(default_factory=list)
     output: OutputConfig = Field(default_factory=OutputConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    input: InputConfig | None = Field(None, description="failures to target: prompts come from their clusters instead of templates' slots")
+    budget: int | None = Field(None, ge=1, description="with input: prompts to spread across the failure clusters")
 
     @field_validator("stages")
     @classmethod
@@ -56,6 +69,42 @@ class Recipe(StrictModel):
                 raise ValueError(f"stage label {stage.label!r} would overwrite the column {sorted(clash)[0]!r}; choose another 'name'")
             seen.add(stage.label)
         return stages
+
+    @model_validator(mode="after")
+    def _stages_fit_generator_and_output(self) -> "Recipe":
+        for stage in self.stages:
+            if hasattr(stage, "use_generator_backend"):  # revise: by default the model revises its own answers
+                stage.use_generator_backend(self.backend)
+        if self.output.pairs is not None:
+            self.output.pairs.check_stages(self.stages)
+        return self
+
+    @model_validator(mode="after")
+    def _counterexample_input(self) -> "Recipe":
+        for stage in self.stages:
+            if hasattr(stage, "bind_input"):  # counterexample: checks against the failures, reports the clusters
+                stage.bind_input(self.input, self.budget, self.seed)
+        if self.input is None:
+            if self.budget is not None:
+                raise ValueError("budget: only used with an input section (the failures to target)")
+            if self.output.format == "counterexamples":
+                raise ValueError("output.format: counterexamples needs an input section (the failures to target)")
+            return self
+        if self.budget is None:
+            raise ValueError("budget: required with an input section (the prompts to spread across the failure clusters)")
+        if self.output.format == "counterexamples" and not any(stage.stage == "counterexample" for stage in self.stages):
+            raise ValueError("output.format: counterexamples needs a counterexample stage (it parses the new problems)")
+        wanted = self.input.templates()
+        listed = [t.name for t in self.templates]
+        for name in wanted:
+            if name not in listed:
+                raise ValueError(f"templates: the input section uses the template {name!r}; list it under templates")
+        for i, use in enumerate(self.templates):
+            if use.name not in wanted:
+                raise ValueError(f"templates[{i}]: {use.name!r} is not a template of the input section ({', '.join(wanted)})")
+            if use.count is not None:
+                raise ValueError(f"templates[{i}].count: with an input section the budget decides the number of prompts")
+        return self
 
     @model_validator(mode="after")
     def _stage_templates_exist(self) -> "Recipe":
@@ -84,11 +133,19 @@ class LoadedRecipe:
         stage and the ones after it, never generation.
         """
         h = hashlib.sha256()
-        recipe = self.recipe.model_dump(mode="json", include={"seed", "templates", "backend", "execution"})
+        # Connection settings do not change what is generated; changing them must not void a run.
+        connection = {"base_url", "api_key_env", "max_concurrency", "max_retries", "timeout_s"}
+        recipe = self.recipe.model_dump(
+            mode="json", include={"seed", "templates", "backend", "execution"}, exclude={"backend": connection}
+        )
         h.update(json.dumps(recipe, sort_keys=True).encode())
         for name in sorted(self.templates):
             h.update(name.encode())
             h.update(self.templates[name].path.read_bytes())
+        if self.recipe.input is not None:  # counterexample prompts come from the failures (and training set)
+            h.update(json.dumps(self.recipe.model_dump(mode="json", include={"input", "budget"}), sort_keys=True).encode())
+            for path in self.recipe.input.files():
+                h.update(path.read_bytes() if path.is_file() else b"missing")
         return h.hexdigest()[:20]
 
     def stage_keys(self) -> list[str]:
@@ -145,6 +202,7 @@ def _error_source(err: ValidationError, recipe_path: Path, overrides: dict[str, 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
     path = Path(path)
     data = read_yaml(path, "recipe file")
+    anchor_paths(data, path.parent)
     origins: dict[str, str] = {}
     for text in overrides or []:
         keys, value = parse_override(text)

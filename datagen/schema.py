@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -29,14 +30,51 @@ class SamplingConfig(StrictModel):
         return self
 
 
+OPENAI_ONLY_FIELDS = ("base_url", "api_key_env", "extra_body")
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class BackendConfig(StrictModel):
-    kind: Literal["vllm", "scripted"] = "vllm"
-    model: str = Field("embedded", description="'embedded' (the packaged CPU default), a local path, or a hub id")
+    kind: Literal["vllm", "scripted", "openai"] = "vllm"
+    model: str = Field("embedded", description="'embedded' (the packaged CPU default), a local path, or a hub id; openai: the server's model name")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     # Passed to vllm.LLM as keyword arguments (tensor_parallel_size, gpu_memory_utilization, ...).
     engine: dict[str, Any] = Field(default_factory=dict)
     # scripted backend only: canned completions, picked deterministically per request and sample.
     responses: list[str] = Field(default_factory=list)
+    # openai backend only: any OpenAI-compatible server (vllm serve, SGLang, TGI, hosted APIs).
+    base_url: str | None = Field(None, pattern=r"^https?://\S+$", description="the API root, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field(
+        None, pattern=ENV_NAME, description="name of the environment variable holding the API key (never the key)"
+    )
+    max_concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once")
+    max_retries: int = Field(5, ge=0, le=20, description="retries per request on 408/409/429/5xx, timeouts and dropped connections")
+    timeout_s: float = Field(600.0, gt=0, description="seconds per attempt")
+    # Sent as extra JSON fields of every request: server-specific parameters (vLLM: top_k, ...).
+    extra_body: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_key_in_recipe(cls, data: Any) -> Any:
+        # Raised here, on the whole mapping, so that the error line never echoes a key back.
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError("api_key: an API key does not belong in a recipe; export it and name the variable in api_key_env")
+        if isinstance(data, dict) and data.get("api_key_env") is not None and not re.fullmatch(ENV_NAME, str(data["api_key_env"])):
+            raise ValueError("api_key_env: must name an environment variable (letters, digits, _), not hold the key itself")
+        return data
+
+    @model_validator(mode="after")
+    def _fields_of_kind(self) -> "BackendConfig":
+        if self.kind == "openai":
+            if self.base_url is None:
+                raise ValueError("base_url: required for kind openai (e.g. http://127.0.0.1:8000/v1)")
+            if self.model == "embedded":
+                raise ValueError("model: name the model the server serves (the 'embedded' model is only for kind vllm)")
+        else:
+            stray = [name for name in OPENAI_ONLY_FIELDS if getattr(self, name)]  # set to something, not left empty
+            if stray:
+                raise ValueError(f"{stray[0]}: only used with kind openai")
+        return self
 
 
 ExpansionMode = Literal["sample", "product"]

@@ -25,8 +25,27 @@ ENUMERATION_LIMIT = 200_000
 JINJA_FIELDS = ("system", "user", "reference", "tests")
 
 
+# Bounds on `*` and `**` in templates: jinja's sandbox caps range() but not 'a' * 10**10, which
+# would exhaust memory before any limit noticed.
+MAX_PRODUCT_LENGTH = 1_000_000
+MAX_POWER_BITS = 100_000
+
+
+class _TemplateSandbox(ImmutableSandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and right * max(abs(left).bit_length() - 1, 0) > MAX_POWER_BITS:
+            raise SecurityError(f"a power of more than {MAX_POWER_BITS} bits is more than the template sandbox allows")
+        if operator == "*":
+            sequence, times = (left, right) if isinstance(right, int) else (right, left)
+            if isinstance(sequence, (str, list, tuple)) and isinstance(times, int) and len(sequence) * times > MAX_PRODUCT_LENGTH:
+                raise SecurityError(f"repetition to {len(sequence) * times} items is more than the template sandbox allows ({MAX_PRODUCT_LENGTH})")
+        return super().call_binop(context, operator, left, right)
+
+
 def _environment() -> ImmutableSandboxedEnvironment:
-    return ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    return _TemplateSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
 def slot_key(value: SlotValue) -> str:
@@ -56,7 +75,7 @@ class Template:
             return True
         try:
             return bool(self.where(**combo))
-        except (jinja2.UndefinedError, SecurityError, TypeError, ValueError) as err:
+        except (jinja2.UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError, RecursionError) as err:
             raise self._fail("where", f"cannot evaluate: {err}") from None
 
     def render(self, field: str, combo: dict[str, SlotValue]) -> str | None:
@@ -69,7 +88,7 @@ class Template:
             raise self._fail(field, f"refused by the template sandbox: {err}") from None
         except jinja2.UndefinedError as err:
             raise self._fail(field, f"undefined value: {err}") from None
-        except (TypeError, ValueError, ArithmeticError, jinja2.TemplateError) as err:
+        except (TypeError, ValueError, ArithmeticError, RecursionError, jinja2.TemplateError) as err:
             raise self._fail(field, f"cannot render: {err}") from None
 
 

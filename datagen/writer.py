@@ -1,4 +1,4 @@
-"""Writes the kept rows as a Hugging Face dataset: data/*.parquet plus a README.md dataset card."""
+"""Writes the built rows (see datagen.builders) as a Hugging Face dataset: data/*.parquet plus a README.md dataset card."""
 
 from __future__ import annotations
 
@@ -18,8 +18,6 @@ if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe
 
 ROWS_PER_FILE = 100_000
-# Bookkeeping columns that say nothing about a kept row (every verdict there is "keep").
-INTERNAL = {"keep", "dropped_by", "completion"}
 
 
 def _plain_types(schema: pa.Schema) -> pa.Schema:
@@ -37,22 +35,14 @@ def _plain_types(schema: pa.Schema) -> pa.Schema:
     return pa.schema([pa.field(f.name, plain(f.type)) for f in schema])
 
 
-def format_rows(candidates: pl.DataFrame, fmt: str, stage_labels: list[str]) -> pl.DataFrame:
-    assistant = pl.concat_list(pl.struct(pl.lit("assistant").alias("role"), pl.col("completion").alias("content")))
-    verdicts = {f"{label}_{suffix}" for label in stage_labels for suffix in ("keep", "reason")}
-    meta = [c for c in candidates.columns if c not in INTERNAL and c not in verdicts and c != "messages"]
-    if fmt == "sft":
-        head = [pl.concat_list(pl.col("messages"), assistant).alias("messages")]
-    else:
-        head = [pl.col("messages").alias("prompt"), assistant.alias("completion")]
-    return candidates.select(*head, *meta)
-
-
-def write_dataset(shards: list[Path], out: Path, loaded: "LoadedRecipe", stage_stats: list[dict[str, Any]], model: str | None = None) -> int:
-    kept = pl.concat([pl.read_parquet(p).filter(pl.col("keep")) for p in shards], how="vertical_relaxed") if shards else None
-    if kept is None:
-        raise ValueError("no shards to write")
-    rows = format_rows(kept, loaded.recipe.output.format, [s["stage"] for s in stage_stats])
+def write_dataset(
+    rows: pl.DataFrame,
+    out: Path,
+    loaded: "LoadedRecipe",
+    stage_stats: list[dict[str, Any]],
+    model: str | None = None,
+    output_stats: dict[str, Any] | None = None,
+) -> int:
     table = rows.to_arrow()
     table = table.cast(_plain_types(table.schema))
 
@@ -69,12 +59,19 @@ def write_dataset(shards: list[Path], out: Path, loaded: "LoadedRecipe", stage_s
     final = out / "data"
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    card = dataset_card(loaded, features, table.num_rows, stage_stats, model or loaded.recipe.backend.model)
+    card = dataset_card(loaded, features, table.num_rows, stage_stats, model or loaded.recipe.backend.model, output_stats)
     atomic_write_bytes(out / "README.md", card.encode())
     return table.num_rows
 
 
-def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int, stage_stats: list[dict[str, Any]], model: str) -> str:
+def dataset_card(
+    loaded: "LoadedRecipe",
+    features: datasets.Features,
+    rows: int,
+    stage_stats: list[dict[str, Any]],
+    model: str,
+    output_stats: dict[str, Any] | None = None,
+) -> str:
     recipe = loaded.recipe
     info = datasets.DatasetInfo(features=features)
     templates = ", ".join(f"{t.name} ({t.count if t.count is not None else 'all'})" for t in recipe.templates)
@@ -118,6 +115,8 @@ def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int,
     summaries = [s for s in stage_stats if s.get("summary")]
     for s in summaries:
         lines += ["", f"### {s['stage']}", "", "```yaml", yaml.safe_dump(s["summary"], sort_keys=False).rstrip(), "```"]
+    if output_stats and output_stats.get("format") == "dpo":
+        lines += pairs_section(output_stats)
     generate = stage_stats[0]
     lines += [
         "",
@@ -133,3 +132,29 @@ def dataset_card(loaded: "LoadedRecipe", features: datasets.Features, rows: int,
         "",
     ]
     return "\n".join(lines)
+
+
+def pairs_section(stats: dict[str, Any]) -> list[str]:
+    """The pair builder's figures: how many prompts gave pairs, why the others did not, and the
+    length difference between chosen and rejected (a DPO model learns length if it is lopsided)."""
+    lines = [
+        "",
+        "## Preference pairs",
+        "",
+        f"- Strategy: {stats['strategy']} (verdicts of the `{stats['stage']}` stage), {stats['style']} format, "
+        f"up to {stats['pairs_per_prompt']} per prompt",
+        f"- Pairs: {stats['pairs']} from {stats['prompts_with_pairs']} of {stats['prompts']} prompts",
+    ]
+    without = ", ".join(f"{k}: {v}" for k, v in stats["prompts_without_pairs"].items()) or "-"
+    skipped = ", ".join(f"{k}: {v}" for k, v in stats["skipped_options"].items()) or "-"
+    lines += [f"- Prompts without a pair: {without}", f"- Candidate pairs skipped: {skipped}"]
+    if stats.get("max_length_ratio") is not None:
+        lines.append(f"- Length ratio limit (longer / shorter side): {stats['max_length_ratio']}")
+    figures = [(name, stats[key]) for name, key in (("len(chosen) - len(rejected), chars", "length_delta_chars"), ("score margin", "score_margin")) if key in stats]
+    if figures:
+        columns = ["mean", "min", "p10", "p25", "median", "p75", "p90", "max"]
+        lines += ["", "| | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"| {name} | " + " | ".join(str(values[c]) for c in columns) + " |" for name, values in figures]
+    if "length_delta_chars" in stats:
+        lines += ["", f"Chosen is the longer side in {stats['length_delta_chars']['chosen_longer']:.0%} of pairs."]
+    return lines

@@ -260,3 +260,28 @@ def test_as_root_the_code_runs_unprivileged_in_private_namespaces():
 def test_invalid_limits_are_refused():
     with pytest.raises(ValueError, match="cpu_seconds"):
         SandboxLimits(cpu_seconds=0)
+
+
+@pytest.mark.parametrize("code, status", [("print('ok')", "passed"), ("raise SystemExit(3)", "failed")], ids=["passed", "failed"])
+def test_the_work_dir_is_removed_whatever_the_outcome(code, status):
+    result = run(f"import os\nprint(os.getcwd(), flush=True)\n{code}")
+    assert result.status == status
+    work_dir = Path(result.stdout.split()[0])
+    assert work_dir.name == "work" and not work_dir.parent.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="forking is refused outright without a dedicated uid and pid namespace")
+def test_a_background_child_does_not_outlive_the_run():
+    result = run(
+        """
+        import os, time
+        if os.fork() == 0:
+            os.setsid()  # a daemon of its own session, out of the process group
+            time.sleep(60)
+            os._exit(0)
+        print(os.getuid(), flush=True)
+        """,
+        wall_seconds=30,
+    )
+    assert result.status == "passed" and result.seconds < 10, "the run ends with its main process"
+    assert processes_of_uid(int(result.stdout)) == []

@@ -11,6 +11,10 @@ def make_backend(config: BackendConfig, seed: int) -> Backend:
         from datagen.backends.scripted import ScriptedBackend
 
         return ScriptedBackend(config.responses)
+    if config.kind == "openai":
+        from datagen.backends.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(config)  # seeds travel per request; the server has its own
     from datagen.backends.vllm_backend import VLLMBackend
 
     return VLLMBackend(config, seed)

@@ -1,0 +1,56 @@
+"""The targeted set of a counterexample run (format `counterexamples`): one conversation per alive
+candidate, with the cluster it targets.
+
+A counterexample row is the new problem as the user turn and its worked solution as the assistant
+turn (parsed by the counterexample stage: the prompt that asked for it is not training data); a
+correction row is the failed eval prompt with the sample that verified against its expected answer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+from datagen.errors import DatagenError
+from datagen.generate import MESSAGE
+
+ROLE_COUNTEREXAMPLE, ROLE_CORRECTION = "counterexample", "correction"
+PROVENANCE = ("role", "cluster_id", "cluster_label", "cluster_size", "cluster_severity", "seed_ids", "neighbour_ids", "failure_id",
+              "prompt_id", "candidate_id", "template_id", "slots", "seed", "sample_seed", "model", "backend", "sampling")
+
+
+def counterexample_stage(columns: list[str], stage_labels: list[str]) -> str:
+    """The label of the stage that parsed the counterexamples (the one that wrote <label>_problem)."""
+    found = [label for label in stage_labels if f"{label}_problem" in columns and f"{label}_solution" in columns]
+    if not found:
+        raise DatagenError("format counterexamples needs a counterexample stage (it parses the new problems)", field="output.format")
+    return found[-1]
+
+
+def _turn(role: str, content: pl.Expr) -> pl.Expr:
+    return pl.struct(pl.lit(role).alias("role"), content.alias("content"))
+
+
+def counterexample_rows(candidates: pl.DataFrame, stage_labels: list[str]) -> pl.DataFrame:
+    alive = candidates.filter(pl.col("keep"))
+    schema = {"messages": pl.List(MESSAGE), "answer": pl.String} | {c: candidates.schema[c] for c in PROVENANCE if c in candidates.columns}
+    if alive.height == 0:
+        return pl.DataFrame(schema=schema)
+    label = counterexample_stage(candidates.columns, stage_labels)
+    rest = [c for c in schema if c not in ("messages", "answer")]
+    problem, solution, answer = (pl.col(f"{label}_{part}") for part in ("problem", "solution", "answer"))
+    new = alive.filter((pl.col("role") == ROLE_COUNTEREXAMPLE) & problem.is_not_null()).select(
+        pl.concat_list(_turn("user", problem), _turn("assistant", solution)).alias("messages"), answer.alias("answer"), *rest
+    )
+    fixed = alive.filter(pl.col("role") == ROLE_CORRECTION).select(
+        pl.concat_list(pl.col("messages"), pl.concat_list(_turn("assistant", pl.col("completion")))).alias("messages"),
+        pl.col("reference").alias("answer"),
+        *rest,
+    )
+    return pl.concat([new, fixed])
+
+
+def counterexample_stats(rows: pl.DataFrame) -> dict[str, Any]:
+    roles = dict(rows.group_by("role").len().rows()) if rows.height else {}
+    return {"rows": rows.height, "counterexamples": int(roles.get(ROLE_COUNTEREXAMPLE, 0)), "corrections": int(roles.get(ROLE_CORRECTION, 0))}

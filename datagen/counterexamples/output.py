@@ -1,0 +1,53 @@
+"""The fix/failure DPO pairs of a finished counterexample run, written next to its targeted set.
+
+The run's main dataset (OUT/data) is the targeted set; the pairs are built from the same candidates
+with the `correction` strategy and written as a dataset of their own in OUT/pairs, which
+`datasets.load_dataset("OUT/pairs")` and TRL's DPOTrainer load as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+from datagen.builders import build_output
+from datagen.builders.config import PairsConfig
+from datagen.errors import DatagenError
+from datagen.recipe import LoadedRecipe, OutputConfig
+from datagen.run_dir import RunDir
+from datagen.writer import write_dataset
+
+PAIRS_DIR = "pairs"
+
+
+def correction_stage(loaded: LoadedRecipe) -> str | None:
+    """The label of the verify stage that checks the corrections, if the recipe has one."""
+    template = loaded.recipe.input.correction_template if loaded.recipe.input else None
+    for stage in loaded.recipe.stages:
+        if stage.stage == "verify" and template is not None and (stage.templates is None or template in stage.templates):
+            return stage.label
+    return None
+
+
+def write_pairs(out: Path, loaded: LoadedRecipe) -> int | None:
+    """Pairs of a complete run in `out` into out/pairs (none written when there are none); None
+    when the recipe verifies no corrections at all."""
+    from datagen.executor import summarize
+
+    label = correction_stage(loaded)
+    if label is None:
+        return None
+    manifest = RunDir(out).read_manifest()
+    if manifest is None or not manifest.get("complete"):
+        raise DatagenError("holds no finished run to build pairs from", out)
+    labels = sorted(manifest["stages"], key=lambda name: manifest["stages"][name]["index"])
+    run = RunDir(out)
+    last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(manifest["shards"])]
+    output = OutputConfig(format="dpo", pairs=PairsConfig(strategy="correction", stage=label))
+    rows, stats = build_output(last, output, labels)
+    if rows.height == 0:  # no correction verified: no pairs dataset (an empty split does not load)
+        shutil.rmtree(out / PAIRS_DIR, ignore_errors=True)
+        return 0
+    pairs_recipe = dataclasses.replace(loaded, recipe=loaded.recipe.model_copy(update={"output": output}))
+    return write_dataset(rows, out / PAIRS_DIR, pairs_recipe, summarize(manifest, labels), manifest.get("model"), stats)

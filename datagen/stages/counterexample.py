@@ -1,0 +1,169 @@
+"""Counterexamples: a generated practice problem, parsed, and kept only when it is new.
+
+The counterexample template asks for "Problem: ... Solution: ... Answer: \\boxed{...}". This stage
+splits each completion into `<label>_problem`, `<label>_solution` (the worked solution with its
+answer line, what the output's assistant turn holds) and `<label>_answer`, and drops it when a part
+is missing or still the template's placeholder (`bad_format`), when the final answer is not a
+parsable math answer (`no_answer`), or when its problem is the same as, or a near copy of, a failure
+(`copies_failure`: training on it would leak the eval), a training example (`in_training_set`) or
+a problem kept before it (`exact_duplicate`, `near_duplicate`). Sameness is word-shingle Jaccard
+with MinHash LSH, as in the dedup stage; `<label>_match` names the failure, training example or
+candidate a dropped problem matches.
+
+Whether the new problem's own solution is right cannot be checked against the failures' answers;
+a judge stage after this one can score it. The summary is the cluster report: each cluster's size,
+severity, budget, and the counterexamples and corrections alive after this stage.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Iterator, Literal
+
+import polars as pl
+from pydantic import Field, PrivateAttr
+
+from datagen.answers import final_answer
+from datagen.counterexamples.config import InputConfig
+from datagen.stages.base import StageConfigBase
+from datagen.stages.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
+
+BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
+# "Problem:", "**Solution:**", "### Answer:", "Problem 1:" at the start of a line.
+SECTION = re.compile(r"^[ \t>#*_-]*(problem|solution|answer)(?:[ \t]+\d+)?[ \t*_]*:[ \t*_]*", re.I | re.M)
+PLACEHOLDERS = ("<the new problem>", "<the correct step-by-step solution>", "<the final answer only>")
+
+
+class CounterexampleConfig(StageConfigBase):
+    stage: Literal["counterexample"] = "counterexample"
+    threshold: float = Field(0.5, gt=0.0, le=1.0, description="word-shingle Jaccard at which two problems are the same problem")
+    shingle_size: int = Field(3, ge=1, le=16, description="words per shingle; problems are short, so shorter than dedup's default")
+    num_perm: int = Field(128, ge=16, le=1024)
+    min_problem_words: int = Field(8, ge=1, description="a shorter problem is bad_format")
+    require_box: bool = Field(True, description="the final answer must be in \\boxed{} (as the template asks)")
+    _input: InputConfig | None = PrivateAttr(None)
+    _budget: int = PrivateAttr(0)
+    _seed: int = PrivateAttr(0)
+
+    def bind_input(self, input: InputConfig | None, budget: int | None, seed: int) -> None:
+        """Called by the recipe: the failures and training set to check against, and the plan to report."""
+        if input is None:
+            raise ValueError(f"stages: the {self.label!r} stage needs the recipe's input section (the failures it checks against)")
+        self._input, self._budget, self._seed = input, budget or 0, seed
+        if self.templates is None:
+            self.templates = [input.counterexample_template]
+
+    def input_files(self):
+        return self._input.files() if self._input is not None else []
+
+    def build(self) -> "CounterexampleStage":
+        if self._input is None:
+            raise ValueError(f"the {self.label!r} stage was not given the recipe's input section")
+        return CounterexampleStage(self)
+
+
+def parse_counterexample(text: str | None, require_box: bool = True, min_words: int = 1) -> dict[str, Any]:
+    """problem, solution, answer (None where missing) and reason (None when the format is fine)."""
+    parsed: dict[str, Any] = {"problem": None, "solution": None, "answer": None, "reason": BAD_FORMAT}
+    text = text or ""
+    marks = list(SECTION.finditer(text))
+    problem_at = next((i for i, m in enumerate(marks) if m.group(1).lower() == "problem"), None)
+    if problem_at is None:
+        return parsed
+    solution_at = next((i for i in range(problem_at + 1, len(marks)) if marks[i].group(1).lower() == "solution"), None)
+    if solution_at is None:
+        return parsed
+    problem = text[marks[problem_at].end() : marks[problem_at + 1].start()].strip()
+    solution = text[marks[solution_at].end() :].strip()
+    if len(problem.split()) < min_words or not solution or any(p in problem.lower() or p in solution.lower() for p in PLACEHOLDERS):
+        return parsed
+    answer, shown, _ = final_answer(solution, require_box)
+    parsed.update(problem=problem, solution=solution, answer=shown, reason=None if answer is not None else NO_ANSWER)
+    return parsed
+
+
+class CounterexampleStage:
+    def __init__(self, config: CounterexampleConfig):
+        self.config = config
+        self.label = config.label
+        self._reference: tuple[Deduplicator, list[str], int] | None = None
+        self._verdicts: pl.DataFrame | None = None
+
+    def _references(self) -> tuple[Deduplicator, list[str], int]:
+        """A deduplicator holding every failure prompt and training prompt, their ids, and how many are failures."""
+        if self._reference is None:
+            from datagen.counterexamples.failures import read_failures, read_train
+
+            source = self.config._input
+            failures = read_failures(source.failures, source.text_column, source.severity_column, source.severity_required)
+            texts, ids = [failures["prompt"]], failures["failure_id"].to_list()
+            if source.train is not None:
+                train = read_train(source.train, source.text_column)
+                texts.append(train["prompt"])
+                ids += train["train_id"].to_list()
+            c = self.config
+            settings = DedupConfig(threshold=c.threshold, shingle_size=c.shingle_size, num_perm=c.num_perm)
+            self._reference = (Deduplicator(settings, pl.concat(texts)), ids, failures.height)
+        return self._reference
+
+    def _decide(self, frame: pl.DataFrame) -> pl.DataFrame:
+        c, label = self.config, self.label
+        parsed = [parse_counterexample(text, c.require_box, c.min_problem_words) for text in frame["completion"].to_list()]
+        reasons: list[str | None] = [p["reason"] for p in parsed]
+        matches: list[str | None] = [None] * len(parsed)
+        ok = [i for i, p in enumerate(parsed) if p["reason"] is None]
+        if ok:
+            deduplicator, ids, n_failures = self._references()
+            candidate_ids = frame["candidate_id"].to_list()
+            v = deduplicator.verdicts(pl.Series([parsed[i]["problem"] for i in ok], dtype=pl.String))
+            for i, reason, kept_row, reference_row in zip(ok, v["reason"], v["kept_row"], v["reference_row"]):
+                if reason == REFERENCE:
+                    reasons[i] = COPIES_FAILURE if reference_row < n_failures else IN_TRAINING_SET
+                    matches[i] = ids[reference_row]
+                elif reason in (EXACT, NEAR):
+                    reasons[i] = reason
+                    matches[i] = candidate_ids[ok[kept_row]]
+        return pl.DataFrame(
+            {
+                "candidate_id": frame["candidate_id"],
+                f"{label}_keep": pl.Series([r is None for r in reasons], dtype=pl.Boolean),
+                f"{label}_reason": pl.Series(reasons, dtype=pl.String),
+                f"{label}_problem": pl.Series([p["problem"] for p in parsed], dtype=pl.String),
+                f"{label}_solution": pl.Series([p["solution"] for p in parsed], dtype=pl.String),
+                f"{label}_answer": pl.Series([p["answer"] for p in parsed], dtype=pl.String),
+                f"{label}_match": pl.Series(matches, dtype=pl.String),
+            }
+        )
+
+    def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
+        # Duplicates are global: every verdict is decided once over all alive rows, in run order.
+        frames = [frame.select("candidate_id", "completion") for frame in shards()]
+        self._verdicts = self._decide(pl.concat(frames)) if frames else None
+
+    def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
+        verdicts = self._verdicts if self._verdicts is not None else self._decide(batch)
+        out = batch.join(verdicts, on="candidate_id", how="left", maintain_order="left")
+        if out[f"{self.label}_keep"].null_count():
+            raise RuntimeError(f"stage {self.label!r} got rows that fit did not see")
+        return out
+
+    def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
+        """The cluster report: the plan's figures per cluster plus what is alive after this stage."""
+        from datagen.counterexamples.plan import plan_for
+
+        report = plan_for(self.config._input, self.config._budget, self.config._seed).report()
+        counts = (
+            outputs.group_by("cluster_id")
+            .agg(
+                candidates=pl.len(),
+                kept=(pl.col("keep") & (pl.col("role") == "counterexample")).sum(),
+                kept_corrections=(pl.col("keep") & (pl.col("role") == "correction")).sum(),
+            )
+            .collect()
+        )
+        by_cluster = {row["cluster_id"]: row for row in counts.iter_rows(named=True)}
+        for cluster in report["clusters"]:
+            row = by_cluster.get(cluster["id"], {})
+            for name in ("candidates", "kept", "kept_corrections"):
+                cluster[name] = int(row.get(name) or 0)
+        return report

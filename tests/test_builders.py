@@ -1,0 +1,304 @@
+"""Pair strategies and SFT rows on scripted candidates: who may be chosen or rejected, margins,
+no identical or near-duplicate sides, the length-ratio limit, counts per prompt, formats and stats."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import polars as pl
+import pytest
+
+from datagen.builders.config import PairsConfig
+from datagen.builders.pairs import build_pairs, pair_stats
+from datagen.errors import DatagenError
+from datagen.executor import run_pipeline
+from datagen.recipe import load_recipe
+
+QUESTION = [
+    {"role": "system", "content": "You are a patient tutor."},
+    {"role": "user", "content": "A train travels 180 km in 2.5 hours. What is its speed in km/h?"},
+]
+RIGHT = "Speed is distance over time: 180 km / 2.5 h = 72 km/h. The answer is \\boxed{72}."
+RIGHT_TOO = "Divide the distance by the time. 180 divided by 2.5 gives 72, so the train goes \\boxed{72} km/h."
+WRONG = "The train covers 180 km, and 180 times 2.5 is 450, so the speed is \\boxed{450} km/h."
+WRONG_TOO = "Each hour it goes 180 km, so after 2.5 hours the speed is \\boxed{180} km/h."
+NO_ANSWER = "Trains are a fast and comfortable way to travel between cities in most countries."
+
+
+def frame(rows: list[dict]) -> pl.DataFrame:
+    """Candidates as the last stage leaves them: every row, kept or dropped, with verdict columns."""
+    base = {"template_id": "math", "persona": "tutor", "difficulty": "easy", "model": "scripted", "messages": QUESTION, "dropped_by": None}
+    filled = []
+    for i, row in enumerate(rows):
+        row = base | row
+        row.setdefault("candidate_id", f"{row['prompt_id']}-{i}")
+        filled.append(row)
+    return pl.DataFrame(filled, infer_schema_length=None)
+
+
+def texts(pairs: pl.DataFrame, side: str) -> list[str]:
+    return [messages[0]["content"] for messages in pairs[side].to_list()]
+
+
+# --- verified ---------------------------------------------------------------------------------
+
+
+def verified_rows(prompt: str = "p") -> list[dict]:
+    return [
+        {"prompt_id": prompt, "completion": RIGHT, "keep": True, "verify_keep": True, "verify_reason": None},
+        {"prompt_id": prompt, "completion": RIGHT_TOO, "keep": True, "verify_keep": True, "verify_reason": None},
+        {"prompt_id": prompt, "completion": WRONG, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
+        {"prompt_id": prompt, "completion": NO_ANSWER, "keep": False, "verify_keep": False, "verify_reason": "no_answer"},
+        # cut off before the verifier: never a side of a pair
+        {"prompt_id": prompt, "completion": "Speed is distance over", "keep": False, "verify_keep": None, "verify_reason": None},
+        # passed the verifier but dropped later (a duplicate): not alive, so never chosen
+        {"prompt_id": prompt, "completion": WRONG_TOO, "keep": False, "verify_keep": True, "verify_reason": None, "dropped_by": "dedup"},
+    ]
+
+
+def test_verified_pairs_a_passing_alive_candidate_with_a_failed_one():
+    pairs, tally = build_pairs(frame(verified_rows()), PairsConfig(strategy="verified", pairs_per_prompt=2))
+    assert pairs.height == 2
+    assert set(texts(pairs, "chosen")) == {RIGHT, RIGHT_TOO}, "the two passing candidates are spread over the pairs"
+    assert set(texts(pairs, "rejected")) == {WRONG, NO_ANSWER}
+    assert pairs["rejected_verdict"].to_list() == ["wrong_answer", "no_answer"]
+    assert pairs["chosen_verdict"].to_list() == ["keep", "keep"]
+    assert pairs["prompt"].to_list() == [QUESTION, QUESTION]
+    assert pairs["strategy"].to_list() == ["verified"] * 2 and pairs["persona"].to_list() == ["tutor"] * 2
+    assert tally.prompts == 1 and tally.with_pairs == 1
+
+
+def test_pairs_per_prompt_is_a_cap_and_each_rejected_is_used_once():
+    for cap, expected in ((1, 1), (2, 2), (5, 2)):
+        pairs, _ = build_pairs(frame(verified_rows()), PairsConfig(strategy="verified", pairs_per_prompt=cap))
+        assert pairs.height == expected, cap
+        assert pairs["rejected_id"].n_unique() == pairs.height
+
+
+def test_prompts_without_a_passing_or_a_failing_candidate_give_no_pair():
+    rows = verified_rows("both")
+    rows += [{"prompt_id": "all_fail", "completion": WRONG, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"}]
+    rows += [{"prompt_id": "all_pass", "completion": RIGHT, "keep": True, "verify_keep": True, "verify_reason": None}]
+    # a verifier that broke says nothing about the answer: not a rejected side
+    rows += [{"prompt_id": "all_pass", "completion": WRONG, "keep": False, "verify_keep": False, "verify_reason": "verifier_error"}]
+    pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="verified"))
+    assert pairs["prompt_id"].to_list() == ["both"]
+    assert tally.prompts == 3 and dict(tally.without_pairs) == {"no_chosen": 1, "no_rejected": 1}
+
+
+def test_identical_and_near_duplicate_sides_are_never_paired():
+    long_right = RIGHT + " To check, 72 km/h for 2.5 hours is 72 x 2.5 = 180 km, which matches the distance in the problem."
+    rows = [
+        {"prompt_id": "p", "completion": long_right, "keep": True, "verify_keep": True, "verify_reason": None},
+        # same text failed once (a flaky timeout): twins must never become a pair
+        {"prompt_id": "p", "completion": long_right, "keep": False, "verify_keep": False, "verify_reason": "timeout"},
+        # only case and punctuation differ: identical after normalization
+        {"prompt_id": "p", "completion": long_right.upper().replace(",", ";"), "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
+        {"prompt_id": "p", "completion": WRONG, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
+    ]
+    pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="verified", pairs_per_prompt=3))
+    assert texts(pairs, "rejected") == [WRONG]
+    assert dict(tally.skipped) == {"identical": 1, "near_duplicate": 1}
+    strict, _ = build_pairs(frame(rows), PairsConfig(strategy="verified", pairs_per_prompt=3, near_duplicate_threshold=1.0))
+    assert strict.height == 1, "case and punctuation alone never make two sides different"
+
+
+def test_length_ratio_limit():
+    rambling = WRONG + " " + " ".join(["Trains were invented in the nineteenth century and changed how people travel."] * 6)
+    rows = [
+        {"prompt_id": "p", "completion": RIGHT, "keep": True, "verify_keep": True, "verify_reason": None},
+        {"prompt_id": "p", "completion": rambling, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
+        {"prompt_id": "p", "completion": WRONG_TOO, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
+    ]
+    unlimited, _ = build_pairs(frame(rows), PairsConfig(strategy="verified", pairs_per_prompt=2))
+    assert unlimited.height == 2
+    limited, tally = build_pairs(frame(rows), PairsConfig(strategy="verified", pairs_per_prompt=2, max_length_ratio=1.5))
+    assert texts(limited, "rejected") == [WRONG_TOO] and dict(tally.skipped) == {"length_ratio": 1}
+    for chosen, rejected in zip(texts(limited, "chosen"), texts(limited, "rejected")):
+        assert max(len(chosen), len(rejected)) / min(len(chosen), len(rejected)) <= 1.5
+
+
+# --- score_margin -------------------------------------------------------------------------------
+
+
+def scored(prompt: str, scores: list[float | None], alive: list[bool]) -> list[dict]:
+    answers = [RIGHT, RIGHT_TOO, WRONG, WRONG_TOO, NO_ANSWER]
+    return [
+        {"prompt_id": prompt, "completion": answers[i], "keep": alive[i], "judge_score": score,
+         "judge_keep": score is None or score >= 2, "judge_reason": None if score is None or score >= 2 else "low_score"}
+        for i, score in enumerate(scores)
+    ]
+
+
+def test_score_margin_pairs_best_against_worst_and_respects_the_margin():
+    rows = scored("p", [4.5, 3.0, 1.0, None], [True, True, False, True])
+    pairs, _ = build_pairs(frame(rows), PairsConfig(strategy="score_margin"))
+    assert texts(pairs, "chosen") == [RIGHT] and texts(pairs, "rejected") == [WRONG]
+    row = pairs.row(0, named=True)
+    assert (row["chosen_score"], row["rejected_score"], row["margin"], row["rejected_verdict"]) == (4.5, 1.0, 3.5, "low_score")
+
+    more, _ = build_pairs(frame(rows), PairsConfig(strategy="score_margin", pairs_per_prompt=3))
+    assert more["margin"].to_list() == [3.5, 1.5], "the second pair is the best vs the next worst; 3.0 is not both sides"
+    assert (more["margin"] >= 1.0).all() and set(more["chosen_id"]).isdisjoint(more["rejected_id"])
+
+    wide, _ = build_pairs(frame(rows), PairsConfig(strategy="score_margin", pairs_per_prompt=3, min_margin=2.0))
+    assert wide["margin"].to_list() == [3.5]
+
+
+def test_score_margin_skips_ties_small_margins_and_unscored_rows():
+    rows = scored("close", [2.5, 2.0], [True, True]) + scored("tied", [3.0, 3.0], [True, True])
+    rows += scored("unscored", [None, None], [True, True]) + scored("exact", [7 / 3, 4 / 3], [True, True])
+    pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="score_margin"))
+    assert pairs["prompt_id"].to_list() == ["exact"], "a margin of exactly min_margin counts despite float rounding"
+    assert dict(tally.without_pairs) == {"below_margin": 2, "no_chosen": 1}
+    zero, _ = build_pairs(frame(scored("tied", [3.0, 3.0], [True, True])), PairsConfig(strategy="score_margin", min_margin=0))
+    assert zero.height == 0, "equal scores never make a pair"
+
+
+def test_score_margin_reads_a_custom_score_column_and_reports_a_missing_one():
+    rows = [r | {"vote_agreement": s} for r, s in zip(scored("p", [None, None, None], [True, True, False]), [0.9, 0.5, 0.1])]
+    pairs, _ = build_pairs(frame(rows), PairsConfig(strategy="score_margin", score_column="vote_agreement", min_margin=0.5))
+    assert texts(pairs, "chosen") == [RIGHT] and texts(pairs, "rejected") == [WRONG]
+    with pytest.raises(DatagenError, match="no column 'missing_score'"):
+        build_pairs(frame(rows), PairsConfig(strategy="score_margin", score_column="missing_score"))
+
+
+# --- pairwise ------------------------------------------------------------------------------------
+
+
+def comparisons(*items: tuple[str, str, bool | None]) -> str:
+    return json.dumps([{"opponent": o, "result": r, "consistent": c} for o, r, c in items])
+
+
+def test_pairwise_uses_only_order_consistent_wins_of_alive_candidates():
+    rows = [
+        {"candidate_id": "a", "completion": RIGHT, "keep": True, "judge_win_rate": 0.75,
+         "judge_comparisons": comparisons(("b", "win", True), ("c", "tie", False))},
+        {"candidate_id": "b", "completion": WRONG, "keep": False, "judge_win_rate": 0.0,
+         "judge_comparisons": comparisons(("a", "loss", True), ("d", "loss", True))},
+        {"candidate_id": "c", "completion": RIGHT_TOO, "keep": True, "judge_win_rate": 0.5,
+         "judge_comparisons": comparisons(("a", "tie", False), ("d", "error", None))},
+        # beat b consistently but was dropped afterwards: not a chosen side
+        {"candidate_id": "d", "completion": WRONG_TOO, "keep": False, "judge_win_rate": 1.0,
+         "judge_comparisons": comparisons(("b", "win", True), ("c", "error", None))},
+    ]
+    pairs, _ = build_pairs(frame([r | {"prompt_id": "p"} for r in rows]), PairsConfig(strategy="pairwise", pairs_per_prompt=4))
+    assert pairs.select("chosen_id", "rejected_id", "chosen_verdict", "rejected_verdict").rows() == [("a", "b", "win", "loss")]
+    assert pairs["chosen_score"].to_list() == [0.75] and pairs["margin"].to_list() == [0.75]
+
+    ties_only = [r | {"prompt_id": "q", "keep": True} for r in rows[2:3]]
+    empty, tally = build_pairs(frame(ties_only), PairsConfig(strategy="pairwise"))
+    assert empty.height == 0 and dict(tally.without_pairs) == {"no_consistent_win": 1}
+
+
+# --- critique_revision ---------------------------------------------------------------------------
+
+
+def test_critique_revision_pairs_the_revision_against_its_original():
+    better = "Speed is distance divided by time: 180 km / 2.5 h = 72 km/h. Check: 72 x 2.5 = 180. \\boxed{72}"
+    steps = [f"In step {n} I multiplied {n * 180} kilometres by {n} and wrote the result in row {n} of my table." for n in range(1, 9)]
+    long_original = WRONG + " " + " ".join(steps)  # ~140 words: one changed word leaves Jaccard above 0.9
+    rows = [
+        {"prompt_id": "revised", "completion": WRONG, "revise_revision": better, "revise_error": None},
+        {"prompt_id": "unchanged", "completion": WRONG, "revise_revision": WRONG, "revise_error": None},
+        {"prompt_id": "one_word", "completion": long_original, "revise_revision": long_original.replace("row 4", "line 4"), "revise_error": None},
+        {"prompt_id": "failed", "completion": WRONG, "revise_revision": None, "revise_error": "revision: cut off at max_tokens"},
+    ]
+    rows = [r | {"keep": True, "revise_principle": "honest", "revise_critique": "The speed is wrong."} for r in rows]
+    pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="critique_revision"))
+    assert pairs["prompt_id"].to_list() == ["revised"]
+    assert texts(pairs, "chosen") == [better] and texts(pairs, "rejected") == [WRONG]
+    row = pairs.row(0, named=True)
+    assert (row["principle"], row["critique"], row["chosen_verdict"], row["rejected_verdict"]) == ("honest", "The speed is wrong.", "revision", "original")
+    assert row["chosen_id"] == row["rejected_id"] == "revised-0"
+    assert dict(tally.without_pairs) == {"all_skipped": 2, "no_revision": 1}
+    assert dict(tally.skipped) == {"identical": 1, "near_duplicate": 1}
+
+
+# --- formats and stats ---------------------------------------------------------------------------
+
+
+def test_standard_style_is_plain_strings():
+    pairs, _ = build_pairs(frame(verified_rows()), PairsConfig(strategy="verified", style="standard"))
+    row = pairs.row(0, named=True)
+    assert row["prompt"] == QUESTION[0]["content"] + "\n\n" + QUESTION[1]["content"]
+    assert (row["chosen"], row["rejected"]) == (RIGHT, WRONG)
+    assert pairs.schema["chosen"] == pl.String
+
+
+def test_no_pairs_is_an_empty_frame_with_the_full_schema():
+    rows = [{"prompt_id": "p", "completion": WRONG, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"}]
+    pairs, _ = build_pairs(frame(rows), PairsConfig(strategy="verified"))
+    assert pairs.height == 0 and pairs.columns[:3] == ["prompt", "chosen", "rejected"] and "template_id" in pairs.columns
+    empty, tally = build_pairs(frame(rows).clear(), PairsConfig(strategy="verified"))
+    assert empty.schema == pairs.schema and tally.prompts == 0
+
+
+def test_length_stats_describe_len_chosen_minus_len_rejected():
+    rows = verified_rows("a") + verified_rows("b")
+    config = PairsConfig(strategy="verified", pairs_per_prompt=2)
+    pairs, tally = build_pairs(frame(rows), config)
+    stats = pair_stats(tally, config)
+    deltas = [len(c) - len(r) for c, r in zip(texts(pairs, "chosen"), texts(pairs, "rejected"))]
+    lengths = stats["length_delta_chars"]
+    assert stats["pairs"] == len(deltas) == 4 and stats["prompts_with_pairs"] == 2
+    assert lengths["mean"] == round(sum(deltas) / 4, 1) and lengths["min"] == min(deltas) and lengths["max"] == max(deltas)
+    assert lengths["median"] == sorted(deltas)[1] / 2 + sorted(deltas)[2] / 2
+    assert lengths["chosen_longer"] == sum(d > 0 for d in deltas) / 4
+
+
+# --- recipe config and the executor ------------------------------------------------------------
+
+
+def test_output_config_validation(project):
+    path = project(stages=[{"stage": "verify", "verifiers": {"*": {"kind": "contains", "value": "42"}}}])
+    assert load_recipe(path, ["output.format=dpo"]).recipe.output.pairs == PairsConfig()
+    cases = {
+        "output.pairs.strategy=verified": "pairs only applies to format: dpo",
+        "output.format=dpo --set output.pairs.strategy=score_margin --set output.pairs.stage=verify": "not a score column",
+        "output.format=dpo --set output.pairs.strategy=pairwise": "reads the stage 'judge', which the recipe does not have",
+        "output.format=dpo --set output.pairs.min_margin=2": "min_margin only applies to strategy: score_margin",
+        "output.format=dpo --set output.pairs.stage=verify --set output.pairs.strategy=critique_revision": "needs a revise stage",
+        "output.format=dpo --set output.pairs.max_length_ratio=0.5": "greater than or equal to 1",
+        "output.format=dpo --set output.pairs.colour=red": "unknown field",
+    }
+    for overrides, message in cases.items():
+        with pytest.raises(DatagenError, match=message):
+            load_recipe(path, overrides.split(" --set "))
+
+
+SCRIPTED = [
+    "Let me think it through: six times seven is 42, so the answer is 42.",
+    "It is probably 41, but I am honestly not sure about any of this at all.",
+    "Forty-one. Definitely forty-one, because that is what it always is.",
+]
+
+
+def test_dpo_run_writes_pairs_that_datasets_loads_and_a_card_with_pair_stats(project):
+    path = project(
+        backend={"kind": "scripted", "responses": SCRIPTED, "sampling": {"n": 4, "max_tokens": 40}},
+        stages=[{"stage": "finished"}, {"stage": "verify", "verifiers": {"*": {"kind": "contains", "value": "42"}}}],
+        output={"format": "dpo", "pairs": {"strategy": "verified", "pairs_per_prompt": 2}},
+    )
+    out = project.root / "out"
+    result = run_pipeline(load_recipe(path), out, progress=False)
+    candidates = pl.read_parquet(out / "run" / "stages" / "02_verify" / "*.parquet")
+    ds = datasets.load_dataset(str(out), split="train")
+    assert result.rows_written == ds.num_rows > 0
+    assert ds.column_names[:3] == ["prompt", "chosen", "rejected"]
+    assert ds.features["chosen"].feature["role"].dtype == "string"
+    by_id = {row["candidate_id"]: row for row in candidates.iter_rows(named=True)}
+    for row in ds:
+        assert [m["role"] for m in row["prompt"]] == ["system", "user"]
+        assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
+        chosen, rejected = by_id[row["chosen_id"]], by_id[row["rejected_id"]]
+        assert chosen["keep"] and chosen["verify_keep"] and "42" in row["chosen"][0]["content"]
+        assert rejected["verify_keep"] is False and row["rejected_verdict"] == "not_found"
+        assert chosen["prompt_id"] == rejected["prompt_id"] == row["prompt_id"] and row["chosen"] != row["rejected"]
+    per_prompt = pl.Series(ds["prompt_id"]).value_counts()["count"]
+    assert per_prompt.max() <= 2
+    card = (out / "README.md").read_text()
+    assert "## Preference pairs" in card and f"- Pairs: {ds.num_rows} from" in card and "len(chosen) - len(rejected)" in card
+    manifest = json.loads((out / "run" / "manifest.json").read_text())
+    assert manifest["output"]["pairs"] == ds.num_rows and manifest["output"]["strategy"] == "verified"

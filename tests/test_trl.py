@@ -1,0 +1,156 @@
+"""TRL as the client: the shipped DPO, constitutional and rejection-SFT recipes run with the real
+embedded model through the CLI, and TRL's own trainers load each output as it is
+(`datasets.load_dataset(OUT)`) and take two optimizer steps on CPU with the embedded SmolLM2-135M."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import datasets
+import pytest
+
+from conftest import PIPELINES, datagen_cli
+from datagen.backends.embedded import embedded_model_dir
+
+pytestmark = pytest.mark.model
+
+MESSAGE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
+PAIR_METADATA = ["strategy", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "margin", "chosen_verdict",
+                 "rejected_verdict", "prompt_id", "template_id", "persona", "difficulty", "model"]
+# Room for the shipped templates' prompts (under 250 tokens) plus part of each answer: TRL cuts the
+# answers (keep_start) but drops no row. Training cost on CPU grows with it (~1 TFLOP a step at 700).
+MAX_LENGTH = 320
+
+
+def run_recipe(name: str, out: Path, *overrides: str) -> Path:
+    result = datagen_cli("run", PIPELINES / f"{name}.yaml", "--out", out, "--no-progress", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def dpo_pairs(tmp_path_factory) -> Path:
+    return run_recipe("dpo_pairs", tmp_path_factory.mktemp("dpo") / "out")
+
+
+@pytest.fixture(scope="module")
+def constitutional(tmp_path_factory) -> Path:
+    return run_recipe("constitutional", tmp_path_factory.mktemp("cai") / "out")
+
+
+@pytest.fixture(scope="module")
+def rejection_sft(tmp_path_factory) -> Path:
+    return run_recipe("rejection_sft", tmp_path_factory.mktemp("rsft") / "out")
+
+
+def load_model():
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = embedded_model_dir()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+def trainer_args(config_class, out: Path):
+    return config_class(
+        output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=2, logging_steps=1,
+        learning_rate=1e-5, use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no",
+        max_length=MAX_LENGTH, seed=0, dataloader_num_workers=0,
+    )
+
+
+def assert_two_steps(trainer) -> None:
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert trainer.state.global_step == 2 and len(losses) == 2
+    assert all(math.isfinite(loss) for loss in losses), losses
+
+
+def train_dpo(ds: datasets.Dataset, out: Path):
+    from trl import DPOConfig, DPOTrainer
+
+    model, tokenizer = load_model()
+    trainer = DPOTrainer(model=model, args=trainer_args(DPOConfig, out), train_dataset=ds, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == ds.num_rows, "TRL dropped rows it could not use"
+    assert_two_steps(trainer)
+    return trainer
+
+
+def check_conversational_pairs(ds: datasets.Dataset, strategy: str) -> None:
+    from trl.data_utils import is_conversational
+
+    assert ds.num_rows >= 2, "the recipe must yield pairs with its fixed seed"
+    assert ds.column_names[:3] == ["prompt", "chosen", "rejected"]
+    for column in ("prompt", "chosen", "rejected"):
+        assert ds.features[column] == datasets.List(MESSAGE), column
+    for name in PAIR_METADATA:
+        assert name in ds.column_names, name
+    for row in ds:
+        assert is_conversational(row)
+        assert [m["role"] for m in row["prompt"]][-1] == "user"
+        assert [m["role"] for m in row["chosen"]] == ["assistant"] == [m["role"] for m in row["rejected"]]
+        assert row["chosen"][0]["content"].strip() != row["rejected"][0]["content"].strip()
+        assert row["strategy"] == strategy and "SmolLM2-135M" in row["model"]
+
+
+def test_dpo_pairs_recipe_trains_with_trl_dpo(dpo_pairs, tmp_path):
+    ds = datasets.load_dataset(str(dpo_pairs), split="train")
+    check_conversational_pairs(ds, "score_margin")
+    for row in ds:
+        assert row["margin"] >= 1.0 and row["chosen_score"] - row["rejected_score"] == pytest.approx(row["margin"])
+        chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+        assert max(len(chosen), len(rejected)) <= 3.0 * min(len(chosen), len(rejected)), "max_length_ratio: 3.0"
+    card = (dpo_pairs / "README.md").read_text()
+    assert "## Preference pairs" in card and f"- Pairs: {ds.num_rows} from" in card
+    assert "| len(chosen) - len(rejected), chars |" in card
+    train_dpo(ds, tmp_path / "dpo")
+
+
+def test_standard_style_trains_with_trl_dpo(dpo_pairs, tmp_path):
+    """The same run built again in TRL's standard (plain string) format: only the builder reruns."""
+    out = tmp_path / "standard"
+    shutil.copytree(dpo_pairs, out)
+    result = datagen_cli("run", PIPELINES / "dpo_pairs.yaml", "--out", out, "--no-progress", "--set", "output.pairs.style=standard")
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "run" / "manifest.json").read_text())
+    assert manifest["output"]["style"] == "standard"
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.num_rows == datasets.load_dataset(str(dpo_pairs), split="train").num_rows
+    for column in ("prompt", "chosen", "rejected"):
+        assert ds.features[column] == datasets.Value("string"), column
+    train_dpo(ds, tmp_path / "dpo")
+
+
+def test_constitutional_recipe_trains_with_trl_dpo(constitutional, tmp_path):
+    ds = datasets.load_dataset(str(constitutional), split="train")
+    check_conversational_pairs(ds, "critique_revision")
+    for row in ds:
+        assert row["chosen_id"] == row["rejected_id"], "a revision is paired with its own original"
+        assert row["principle"] in {"helpful", "harmless", "honest", "over_refusal"} and row["critique"]
+    train_dpo(ds, tmp_path / "dpo")
+
+
+def test_rejection_sft_recipe_trains_with_trl_sft(rejection_sft, tmp_path):
+    import polars as pl
+    from trl import SFTConfig, SFTTrainer
+
+    from datagen.answers import equivalent, extract_answer, parse_reference
+
+    ds = datasets.load_dataset(str(rejection_sft), split="train")
+    assert ds.num_rows > 0
+    assert ds.features["messages"] == datasets.List(MESSAGE)
+    candidates = pl.read_parquet(rejection_sft / "run" / "stages" / "05_collapse" / "*.parquet")
+    kept = candidates.filter(pl.col("keep"))
+    assert ds.num_rows == kept.height and kept["verify_keep"].all() and kept["dedup_keep"].all() and kept["collapse_keep"].all()
+    for row in ds:
+        assert [m["role"] for m in row["messages"]] == ["system", "user", "assistant"]
+        if row["template_id"] == "math_word_problems":  # verified: the answer matches the reference
+            assert equivalent(parse_reference(row["reference"]), extract_answer(row["messages"][-1]["content"]))
+
+    model, tokenizer = load_model()
+    trainer = SFTTrainer(model=model, args=trainer_args(SFTConfig, tmp_path / "sft"), train_dataset=ds, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == ds.num_rows
+    assert_two_steps(trainer)
