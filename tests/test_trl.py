@@ -46,6 +46,18 @@ def rejection_sft(tmp_path_factory) -> Path:
     return run_recipe("rejection_sft", tmp_path_factory.mktemp("rsft") / "out")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Two steps on one thread: ~20 s on an idle 2-core machine (11 s on two threads), but ~30 s
+    instead of ~130 s when the cores are shared with other jobs (OpenMP threads wait on each other)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load_model():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
