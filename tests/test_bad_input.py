@@ -227,8 +227,12 @@ def in_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
+    # Directories are made here, in one thread: the factory creates its base directory lazily and
+    # two threads making it at once get two different bases.
+    roots = {case.name: tmp_path_factory.mktemp(case.name) for case in CASES}
+
     def run(case: Case, cli: Callable = datagen_cli):
-        root = tmp_path_factory.mktemp(case.name)
+        root = roots[case.name]
         try:
             args = materialize(case, root)
             before = snapshot(root / "out")
