@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     dedup.add_argument("--column", required=True, help="text column to compare")
     dedup.add_argument("--out", type=Path, required=True, help="output table (.parquet or .jsonl); every input column is kept")
     dedup.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of word shingles (default 0.8)")
-    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash permutations (default 128)")
+    dedup.add_argument("--num-perm", type=int, default=128, help="MinHash signature size: one-permutation bins (default 128)")
     dedup.add_argument("--shingle-size", type=int, default=5, help="words per shingle (default 5)")
     dedup.add_argument("--bands", type=int, help="LSH bands (default: chosen for recall at the threshold)")
     dedup.add_argument("--keep", choices=["first", "best"], default="first", help="which row of a cluster to keep (default first)")
@@ -98,6 +98,19 @@ def _ensure_openmp_preload() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "datagen", *sys.argv[1:]], env)
 
 
+def _check_backends(recipe, source: Path) -> None:
+    """Every model the recipe names (the generator's, a judge's, ...), checked before any engine
+    starts or the output directory is touched: a vllm model path exists, an openai key is set."""
+    from datagen.backends import check_backend
+
+    for field, backend in recipe.backends():
+        try:
+            check_backend(backend, field)
+        except DatagenError as err:
+            err.source = err.source or str(source)
+            raise
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from datagen.recipe import load_recipe
 
@@ -105,23 +118,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or (Path(loaded.recipe.output.dir) if loaded.recipe.output.dir else None)
     if out is None:
         raise DatagenError("no output directory: pass --out DIR or set output.dir", args.recipe, "output.dir")
+    _check_backends(loaded.recipe, args.recipe)
     if loaded.recipe.backend.kind == "vllm":
-        from datagen.backends.vllm_backend import check_model
-
-        try:  # before the output directory is touched
-            check_model(loaded.recipe.backend.model)
-        except DatagenError as err:
-            err.source = err.source or str(args.recipe)
-            raise
         _ensure_openmp_preload()
-    if loaded.recipe.backend.kind == "openai":
-        from datagen.backends.openai_backend import api_key
-
-        try:  # the key variable, also before the output directory is touched
-            api_key(loaded.recipe.backend)
-        except DatagenError as err:
-            err.source = err.source or str(args.recipe)
-            raise
     progress = "none" if args.no_progress else args.progress
     if args.executor == "ray":
         from datagen.ray_executor import run_pipeline_ray
@@ -136,7 +135,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     for s in result.stage_stats:
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(s["dropped"].items()))
         print(f"{s['stage']:>12}: {s['rows_in']:>6} in -> {s['kept']:>6} kept" + (f"  ({reasons})" if reasons else ""))
-    print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
+    if result.rows_written:
+        print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
+    else:  # datasets refuses a split with no rows unless streaming
+        print(f"wrote 0 rows to {out}: no row survived the stages (see {out / 'README.md'}); inspect with datagen inspect {out}")
     if loaded.recipe.input is not None and loaded.recipe.output.format == "counterexamples":
         from datagen.counterexamples.output import PAIRS_DIR, write_pairs
 
@@ -156,16 +158,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from datagen.recipe import load_recipe
 
     loaded = load_recipe(args.recipe, args.overrides)
-    prompts = expand_prompts(loaded)
     recipe = loaded.recipe
-    if recipe.backend.kind == "vllm":
-        from datagen.backends.vllm_backend import check_model
-
-        try:
-            check_model(recipe.backend.model)
-        except DatagenError as err:
-            err.source = err.source or str(args.recipe)
-            raise
+    _check_backends(recipe, args.recipe)  # the same checks as `run`, for every model the recipe names
+    prompts = expand_prompts(loaded)
     for config in recipe.stages:  # building reads the files a stage needs (dedup's reference, ...); no model loads
         stage = config.build()
         if hasattr(stage, "close"):

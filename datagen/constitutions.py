@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, field_validator
 
-from datagen.errors import DatagenError, from_validation_error
 from datagen.schema import StrictModel
-from datagen.yaml_io import read_yaml
+from datagen.shipped import ShippedYaml
 
 # Shipped constitutions, next to the package in the repository (the package is installed editable).
 CONSTITUTION_DIR = Path(__file__).resolve().parent.parent / "filters" / "constitutions"
@@ -36,25 +35,6 @@ class Constitution(StrictModel):
         return principles
 
 
-def shipped_constitutions() -> list[str]:
-    return sorted(p.stem for p in CONSTITUTION_DIR.glob("*.yaml"))
-
-
-def constitution_path(ref: str) -> Path:
-    """A shipped constitution's name (`hhh`) or a path to a YAML file (relative to the working dir)."""
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        return Path(ref).expanduser()
-    path = CONSTITUTION_DIR / f"{ref}.yaml"
-    if not path.is_file():
-        shipped = ", ".join(shipped_constitutions()) or "none"
-        raise DatagenError(f"no shipped constitution {ref!r} (shipped: {shipped}; or give a path to a .yaml file)", field="constitution")
-    return path
-
-
-def load_constitution(ref: str | Path) -> Constitution:
-    path = Path(ref) if isinstance(ref, Path) else constitution_path(ref)
-    data = read_yaml(path, "constitution file")
-    try:
-        return Constitution.model_validate(data)
-    except ValidationError as err:
-        raise from_validation_error(err, path) from None
+CONSTITUTIONS = ShippedYaml("constitution", CONSTITUTION_DIR, Constitution)
+# A shipped constitution's name (`hhh`) or a path to a YAML file (in a recipe, relative to the recipe file).
+shipped_constitutions, constitution_path, load_constitution = CONSTITUTIONS.names, CONSTITUTIONS.path, CONSTITUTIONS.load

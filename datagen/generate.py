@@ -39,7 +39,10 @@ CANDIDATE_SCHEMA = PROMPT_SCHEMA | {
     "sampling": pl.String,
     "generate_keep": pl.Boolean,
     "generate_reason": pl.String,
+    "generate_error": pl.String,  # the backend's message when the request failed
 }
+# The reason of a candidate whose request failed: a fixed token, since reasons are counted.
+GENERATE_ERROR = "generate_error"
 # Columns every candidate row has; stage verdict columns must not collide with them.
 RESERVED_COLUMNS = frozenset(CANDIDATE_SCHEMA) | {"keep", "dropped_by"}
 
@@ -87,7 +90,8 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
                     "backend": backend_kind,
                     "sampling": sampling_json,
                     "generate_keep": gen.error is None,
-                    "generate_reason": None if gen.error is None else f"error: {gen.error}",
+                    "generate_reason": None if gen.error is None else GENERATE_ERROR,
+                    "generate_error": gen.error,
                 }
             )
     extra = {name: dtype for name, dtype in prompts.schema.items() if name not in PROMPT_SCHEMA}

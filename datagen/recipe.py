@@ -12,9 +12,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from datagen.builders.config import PairsConfig
-from datagen.counterexamples.config import InputConfig, anchor_paths
+from datagen.counterexamples.config import InputConfig
 from datagen.errors import DatagenError, from_validation_error
 from datagen.generate import RESERVED_COLUMNS
+from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.schema import BackendConfig, StrictModel
 from datagen.stages import StageConfig
 from datagen.templates import Template, load_template
@@ -27,7 +28,7 @@ class TemplateUse(StrictModel):
 
 
 class OutputConfig(StrictModel):
-    dir: str | None = None
+    dir: RecipePath | None = None
     format: Literal["sft", "prompt_completion", "dpo", "counterexamples"] = "sft"
     pairs: PairsConfig | None = Field(None, description="format dpo: how chosen/rejected pairs are built (default: strategy verified)")
 
@@ -48,7 +49,7 @@ class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
     seed: int = Field(0, ge=0)
-    template_dirs: list[str] = Field(default_factory=lambda: ["../templates"])
+    template_dirs: list[RecipePath] = Field(default_factory=lambda: ["../templates"], validate_default=True)
     templates: list[TemplateUse] = Field(min_length=1)
     backend: BackendConfig = Field(default_factory=BackendConfig)
     stages: list[StageConfig] = Field(default_factory=list)
@@ -118,6 +119,15 @@ class Recipe(StrictModel):
     @property
     def sampling_seed(self) -> int:
         return self.backend.sampling.seed if self.backend.sampling.seed is not None else self.seed
+
+    def backends(self) -> list[tuple[str, BackendConfig]]:
+        """Every model the recipe runs, with its field: the generator's, then any stage's own (judge, revise, ...)."""
+        found = [("backend", self.backend)]
+        for i, stage in enumerate(self.stages):
+            backend = getattr(stage, "backend", None)
+            if isinstance(backend, BackendConfig):
+                found.append((f"stages[{i}].{stage.stage}.backend", backend))
+        return found
 
 
 @dataclass
@@ -191,10 +201,24 @@ def apply_override(data: dict, path: list[str], value: Any, origin: str) -> None
             node = node[part_key]
 
 
+def _within(loc: list[str], key: list[str]) -> bool:
+    """Whether an error at `loc` is inside the overridden `key`. Pydantic puts a stage's kind
+    after its list index (stages.1.dedup.reference), which the --set key does not have."""
+    i = 0
+    for part in key:
+        if i < len(loc) and loc[i] == part:
+            i += 1
+        elif 0 < i < len(loc) - 1 and loc[i - 1].isdigit() and loc[i + 1] == part:
+            i += 2
+        else:
+            return False
+    return True
+
+
 def _error_source(err: ValidationError, recipe_path: Path, overrides: dict[str, str]) -> str:
-    loc = ".".join(str(p) for p in err.errors()[0].get("loc", ()))
+    loc = [str(p) for p in err.errors()[0].get("loc", ())]
     for key, origin in overrides.items():
-        if loc == key or loc.startswith(key + "."):
+        if _within(loc, key.split(".")):
             return origin
     return str(recipe_path)
 
@@ -202,15 +226,15 @@ def _error_source(err: ValidationError, recipe_path: Path, overrides: dict[str, 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
     path = Path(path)
     data = read_yaml(path, "recipe file")
-    anchor_paths(data, path.parent)
     origins: dict[str, str] = {}
     for text in overrides or []:
         keys, value = parse_override(text)
         origin = f"--set {text}"
-        apply_override(data, keys, value, origin)
+        apply_override(data, keys, command_line_value(value), origin)  # its paths start from the working directory
         origins[".".join(keys)] = origin
     try:
-        recipe = Recipe.model_validate(data)
+        # Path fields (datagen.paths) resolve relative paths written in the file against its folder.
+        recipe = Recipe.model_validate(data, context={BASE_DIR: path.parent})
     except ValidationError as err:
         raise from_validation_error(err, _error_source(err, path, origins)) from None
     templates: dict[str, Template] = {}

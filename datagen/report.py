@@ -296,7 +296,8 @@ def _length_series(column: str, dtype: pl.DataType) -> pl.Expr:
 def _lengths(view: RunView) -> str:
     figures, notes = [], []
     if view.rows is not None and "completion" in _columns(view):
-        lengths = view.rows.select(pl.col("completion").str.len_chars().alias("n"), "keep").collect()
+        # A candidate whose request failed has no completion, so no length.
+        lengths = view.rows.select(pl.col("completion").str.len_chars().alias("n"), "keep").drop_nulls("n").collect()
         if lengths.height:
             edges = np.unique(np.round(np.histogram_bin_edges(lengths["n"].to_numpy(), bins=10)))
             if edges.size >= 2:

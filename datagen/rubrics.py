@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
-from datagen.errors import DatagenError, from_validation_error
 from datagen.schema import StrictModel
-from datagen.yaml_io import read_yaml
+from datagen.shipped import ShippedYaml
 
 # Shipped rubrics, next to the package in the repository (the package is installed editable).
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "filters" / "rubrics"
@@ -94,24 +93,6 @@ class Rubric(StrictModel):
         return "\n".join(lines)
 
 
-def shipped_rubrics() -> list[str]:
-    return sorted(p.stem for p in RUBRIC_DIR.glob("*.yaml"))
-
-
-def rubric_path(ref: str) -> Path:
-    """A shipped rubric's name (`helpfulness`) or a path to a YAML file (relative to the working dir)."""
-    if ref.endswith((".yaml", ".yml")) or "/" in ref:
-        return Path(ref).expanduser()
-    path = RUBRIC_DIR / f"{ref}.yaml"
-    if not path.is_file():
-        raise DatagenError(f"no shipped rubric {ref!r} (shipped: {', '.join(shipped_rubrics()) or 'none'}; or give a path to a .yaml file)", field="rubric")
-    return path
-
-
-def load_rubric(ref: str | Path) -> Rubric:
-    path = Path(ref) if isinstance(ref, Path) else rubric_path(ref)
-    data = read_yaml(path, "rubric file")
-    try:
-        return Rubric.model_validate(data)
-    except ValidationError as err:
-        raise from_validation_error(err, path) from None
+RUBRICS = ShippedYaml("rubric", RUBRIC_DIR, Rubric)
+# A shipped rubric's name (`helpfulness`) or a path to a YAML file (in a recipe, relative to the recipe file).
+shipped_rubrics, rubric_path, load_rubric = RUBRICS.names, RUBRICS.path, RUBRICS.load

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +50,19 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _temporary(path: Path) -> Path:
-    """A fresh temporary file next to `path`; its name starts with a dot, so no glob of shards matches it."""
+    """A fresh temporary file next to `path`; its name starts with a dot, so no glob of shards matches it.
+
+    Created with mode 0666 under the umask, as open() creates files, rather than with mkstemp's
+    0600: the rename makes it the output file, which others may need to read."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from datagen.paths import anchor_model
 
 
 class StrictModel(BaseModel):
@@ -62,6 +64,12 @@ class BackendConfig(StrictModel):
         if isinstance(data, dict) and data.get("api_key_env") is not None and not re.fullmatch(ENV_NAME, str(data["api_key_env"])):
             raise ValueError("api_key_env: must name an environment variable (letters, digits, _), not hold the key itself")
         return data
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _local_model_path(cls, model: Any, info: ValidationInfo) -> Any:
+        # A local model folder is a recipe path like any other; an openai model is the server's name.
+        return model if info.data.get("kind") == "openai" else anchor_model(model, info)
 
     @model_validator(mode="after")
     def _fields_of_kind(self) -> "BackendConfig":

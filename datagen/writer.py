@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe
 
 ROWS_PER_FILE = 100_000
+EMPTY_NOTE = [
+    "No row survived the stages (see below). `datasets.load_dataset` cannot load a split with no rows "
+    '(datasets 5.2 raises "corresponds to no data"); with `streaming=True`, or read with polars or pandas, '
+    "data/ gives an empty table with every column.",
+    "",
+]
 
 
 def _plain_types(schema: pa.Schema) -> pa.Schema:
@@ -49,17 +55,17 @@ def write_dataset(
     staging = out / ".data.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    n_files = max(1, -(-table.num_rows // ROWS_PER_FILE))
-    features = None
+    n_files = max(1, -(-table.num_rows // ROWS_PER_FILE))  # one file even for 0 rows: it holds the columns
+    features, num_bytes = None, 0
     datasets.disable_progress_bars()
     for i in range(n_files):
         part = datasets.Dataset(table.slice(i * ROWS_PER_FILE, ROWS_PER_FILE))
-        features = part.features
+        features, num_bytes = part.features, num_bytes + part.data.nbytes
         part.to_parquet(str(staging / f"train-{i:05d}-of-{n_files:05d}.parquet"))
     final = out / "data"
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    card = dataset_card(loaded, features, table.num_rows, stage_stats, model or loaded.recipe.backend.model, output_stats)
+    card = dataset_card(loaded, features, table.num_rows, stage_stats, model or loaded.recipe.backend.model, output_stats, num_bytes)
     atomic_write_bytes(out / "README.md", card.encode())
     return table.num_rows
 
@@ -71,6 +77,7 @@ def dataset_card(
     stage_stats: list[dict[str, Any]],
     model: str,
     output_stats: dict[str, Any] | None = None,
+    num_bytes: int = 0,
 ) -> str:
     recipe = loaded.recipe
     info = datasets.DatasetInfo(features=features)
@@ -78,7 +85,8 @@ def dataset_card(
     sampling = json.dumps(recipe.backend.sampling.model_dump(mode="json"))
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
-        "dataset_info": info._to_yaml_dict() | {"splits": [{"name": "train", "num_examples": rows}]},
+        # datasets ignores a split entry without num_bytes (and says so on every load)
+        "dataset_info": info._to_yaml_dict() | {"splits": [{"name": "train", "num_bytes": num_bytes, "num_examples": rows}]},
         "tags": ["synthetic", "datagen", recipe.output.format],
     }
     lines = [
@@ -95,6 +103,7 @@ def dataset_card(
         f"- Templates: {templates}",
         f"- Seed: {recipe.seed}; sampling: {sampling}",
         "",
+        *(EMPTY_NOTE if rows == 0 else []),
         "## Rows through the stages",
         "",
         "| stage | rows in | kept | dropped | drop reasons |",

@@ -70,9 +70,9 @@ def user(text: str) -> Callable[[dict], None]:
 
 
 def dedup_reference(name: str, content: bytes) -> tuple[dict, Callable[[Path], None]]:
-    """A dedup stage whose reference file (relative to the working directory, the case's root) holds `content`."""
-    recipe = {"stages": [{"stage": "dedup", "reference": name}]}
-    return recipe, lambda root: (root / name).write_bytes(content)
+    """A dedup stage whose reference file, {root}/data/`name` (relative to the recipe file), holds `content`."""
+    recipe = {"stages": [{"stage": "dedup", "reference": f"../data/{name}"}]}
+    return recipe, lambda root: (root / "data").mkdir() or (root / "data" / name).write_bytes(content)
 
 
 def finished_run_of_another_recipe(root: Path) -> None:
@@ -153,11 +153,11 @@ CASES = [
     Case("non_utf8_template", "{template}: not valid UTF-8 (byte 18)", raw_template=b"id: tiny\nuser: caf\xe9\n", exact=True),
     Case("unused_slot", "{template}: slots.mood: slot is declared but never used", template=slots(mood=["calm"])),
     # --- files the stages read -------------------------------------------------------------
-    Case("reference_missing", "missing.parquet: reference file not found", recipe={"stages": [{"stage": "dedup", "reference": "missing.parquet"}]}, exact=True),
-    Case("reference_empty", "evals.jsonl: reference file is empty", command="run", recipe=ref_empty, setup=ref_empty_setup, exact=True),
-    Case("reference_without_column", "evals.jsonl: dedup.reference_column: no column 'prompt' (columns: question)", command="run", recipe=ref_missing_column, setup=ref_missing_column_setup, exact=True),
-    Case("reference_not_utf8", "evals.jsonl: cannot read the reference file: |UTF-8", recipe=ref_latin1, setup=ref_latin1_setup),
-    Case("reference_giant_broken_line", "evals.jsonl: cannot read the reference file", recipe=ref_giant, setup=ref_giant_setup),
+    Case("reference_missing", "{recipe}: stages[0].dedup.reference: file not found: {root}/pipelines/missing.parquet (got 'missing.parquet')", recipe={"stages": [{"stage": "dedup", "reference": "missing.parquet"}]}, exact=True),
+    Case("reference_empty", "{root}/data/evals.jsonl: reference file is empty", command="run", recipe=ref_empty, setup=ref_empty_setup, exact=True),
+    Case("reference_without_column", "{root}/data/evals.jsonl: dedup.reference_column: no column 'prompt' (columns: question)", command="run", recipe=ref_missing_column, setup=ref_missing_column_setup, exact=True),
+    Case("reference_not_utf8", "{root}/data/evals.jsonl: cannot read the reference file: |UTF-8", recipe=ref_latin1, setup=ref_latin1_setup),
+    Case("reference_giant_broken_line", "{root}/data/evals.jsonl: cannot read the reference file", recipe=ref_giant, setup=ref_giant_setup),
     # --- the output directory --------------------------------------------------------------
     Case("out_holds_another_run", "{out}: holds a run of a different recipe (or changed templates); use --force to replace it, or another --out", command="run", setup=finished_run_of_another_recipe, exact=True),
     Case("out_holds_foreign_files", "{out}: output directory is not empty and holds no datagen run; choose another --out", command="run", setup=lambda root: (root / "out").mkdir() or (root / "out" / "notes.txt").write_text("mine"), exact=True),
@@ -170,6 +170,10 @@ CASES = [
     Case("model_path_missing", "{recipe}: backend.model: model path does not exist: /models/does-not-exist", recipe={"backend": {"kind": "vllm", "model": "/models/does-not-exist"}}, exact=True),
     Case("model_path_missing_run", "{recipe}: backend.model: model path does not exist: /models/does-not-exist", command="run", recipe={"backend": {"kind": "vllm", "model": "/models/does-not-exist"}}, exact=True),
     Case("openai_without_base_url", "{recipe}: backend: base_url: required for kind openai", recipe={"backend": {"kind": "openai", "model": "m"}}),
+    # A stage's own model is checked like the generator's; its relative path starts from the recipe's folder.
+    Case("judge_model_path_missing", "{recipe}: stages[0].judge.backend.model: model path does not exist: {root}/models/judge", recipe={"stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "vllm", "model": "../models/judge"}}]}, exact=True),
+    Case("judge_model_path_missing_run", "{recipe}: stages[0].judge.backend.model: model path does not exist: {root}/models/judge", command="run", recipe={"stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "vllm", "model": "../models/judge"}}]}, exact=True),
+    Case("judge_openai_without_base_url", "{recipe}: stages[0].judge.backend: base_url: required for kind openai", recipe={"stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "openai", "model": "m"}}]}),
     Case("api_key_in_recipe", "{recipe}: backend: api_key: an API key does not belong in a recipe; export it and name the variable in api_key_env", recipe={"backend": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key": KEY_LOOKALIKE}}, exact=True),
     Case("key_in_api_key_env", "{recipe}: backend: api_key_env: must name an environment variable (letters, digits, _), not hold the key itself", recipe={"backend": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key_env": KEY_LOOKALIKE}}, exact=True),
     Case("api_key_env_unset", "{recipe}: backend.api_key_env: environment variable DATAGEN_TEST_NO_SUCH_KEY is not set or empty", command="run", recipe={"backend": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key_env": "DATAGEN_TEST_NO_SUCH_KEY"}}, exact=True),
@@ -182,6 +186,7 @@ IN_PROCESS = {
     "temperature", "min_above_max_tokens", "unknown_backend", "unknown_stage_field", "label_clash", "duplicate_label",
     "stage_templates", "zero_count", "set_below_a_scalar", "jinja_unclosed_block", "sandbox_escape_format",
     "unused_slot", "where_matches_nothing", "non_utf8_template", "openai_without_base_url", "key_in_api_key_env",
+    "judge_model_path_missing_run", "judge_openai_without_base_url",
 }  # fmt: skip
 
 

@@ -392,7 +392,7 @@ def test_every_row_arrives_exactly_once_through_drops_429s_500s_and_stalls(serve
         body = next(b for b in proxy.attempts if json.loads(b)["messages"][-1]["content"] == text)
         if body == poisoned_body:
             assert group.height == 1 and not group["generate_keep"][0]
-            assert group["generate_reason"][0] == "error: http_500: injected 500"
+            assert group["generate_reason"][0] == "generate_error" and group["generate_error"][0] == "http_500: injected 500"
             assert proxy.attempts[body] == 4, "one try and max_retries=3 retries, then the error is recorded"
             continue
         # Normally one complete answer per request; a second only if the client gave up on a slow one.

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from collections import Counter
 
 import datasets
@@ -15,7 +17,7 @@ from datagen.executor import run_pipeline
 from datagen.recipe import load_recipe
 from datagen.stages.verify import VerifyConfig, extract_code
 
-from conftest import TEMPLATES, write_yaml
+from conftest import REPO, TEMPLATES, write_yaml
 
 COLUMNS = {"prompt_id": pl.String, "template_id": pl.String, "completion": pl.String, "reference": pl.String, "tests": pl.String}
 PY_TASKS = {task["id"]: task for task in yaml.safe_load((TEMPLATES / "python_functions.yaml").read_text())["slots"]["task"]}
@@ -100,6 +102,35 @@ def test_regex_search_and_fullmatch():
     assert out["verify_answer"].to_list() == ["APPROVED", "rejected", None] and out["verify_reason"][2] == "no_match"
     full = verify({"*": {"kind": "regex", "pattern": r"\d+", "mode": "fullmatch"}}, rows)
     assert full["verify_keep"].to_list() == [False, False, True] and full["verify_answer"][2] == "42"
+
+
+# Run in a child process: were the match to backtrack without a time limit (Python's `re` takes
+# minutes on these 41 characters), the test fails on its timeout instead of hanging the suite.
+CATASTROPHIC = """
+import json, sys, polars as pl
+from datagen.stages.verify import VerifyConfig
+rows = pl.DataFrame({"template_id": ["t", "t"], "completion": ["a" * 40 + "b", "aaaa"]})
+out = {}
+for pattern, mode in [("(a+)+$", "search"), ("(a|aa)+$", "search"), ("(a|aa)+$", "fullmatch")]:
+    stage = VerifyConfig(verifiers={"*": {"kind": "regex", "pattern": pattern, "mode": mode, "timeout_seconds": 0.2}}).build()
+    out[pattern + " " + mode] = stage(rows).select("verify_keep", "verify_reason", "verify_detail").to_dicts()
+json.dump(out, sys.stdout)
+"""
+
+
+def test_catastrophic_backtracking_is_a_recorded_verdict_not_a_hung_run():
+    child = subprocess.run([sys.executable, "-c", CATASTROPHIC], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert child.returncode == 0, child.stderr
+    out = json.loads(child.stdout)
+    nested = out["(a+)+$ search"]  # the regex engine needs no time limit for this one: a plain miss
+    assert [r["verify_keep"] for r in nested] == [False, True] and nested[0]["verify_reason"] == "no_match"
+    for key in ("(a|aa)+$ search", "(a|aa)+$ fullmatch"):
+        evil, fine = out[key]
+        assert not evil["verify_keep"] and evil["verify_reason"] == "verifier_timeout", key
+        assert "gave up after 0.2 s" in evil["verify_detail"]
+        assert fine["verify_keep"] and fine["verify_reason"] is None, "a row the pattern matches quickly still passes"
+    with pytest.raises(ValidationError, match="timeout_seconds"):
+        VerifyConfig(verifiers={"*": {"kind": "regex", "pattern": "x", "timeout_seconds": 0}})
 
 
 def test_json_schema_inline_and_from_file(tmp_path):

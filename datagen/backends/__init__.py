@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datagen.backends.base import Backend, ChatRequest, Completion, Generation
+from datagen.errors import DatagenError
 from datagen.schema import BackendConfig
 
 
@@ -20,4 +21,22 @@ def make_backend(config: BackendConfig, seed: int) -> Backend:
     return VLLMBackend(config, seed)
 
 
-__all__ = ["Backend", "ChatRequest", "Completion", "Generation", "make_backend"]
+def check_backend(config: BackendConfig, field: str = "backend") -> None:
+    """What can be checked before any engine starts or any request goes out: a vllm model that
+    exists, an openai API key variable that is set. `field` is where the config sits in the recipe."""
+    try:
+        if config.kind == "vllm":
+            from datagen.backends.vllm_backend import check_model
+
+            check_model(config.model)
+        elif config.kind == "openai":
+            from datagen.backends.openai_backend import api_key
+
+            api_key(config)
+    except DatagenError as err:
+        if err.field and err.field.startswith("backend."):
+            err.field = field + err.field.removeprefix("backend")
+        raise
+
+
+__all__ = ["Backend", "ChatRequest", "Completion", "Generation", "check_backend", "make_backend"]

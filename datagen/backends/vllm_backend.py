@@ -10,6 +10,7 @@ from typing import Any
 from datagen.backends.base import ChatRequest, Completion, Generation
 from datagen.backends.embedded import EMBEDDED, embedded_gguf, embedded_model_dir
 from datagen.errors import DatagenError
+from datagen.paths import is_local_model_path
 from datagen.schema import BackendConfig, SamplingConfig
 
 
@@ -26,9 +27,7 @@ def check_model(model: str) -> None:
     if model == EMBEDDED:
         embedded_gguf()
         return
-    # Hub ids look like 'org/name'; anything else that does not exist is a missing local path.
-    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1
-    if looks_like_path and not Path(model).expanduser().exists():
+    if is_local_model_path(model) and not Path(model).expanduser().exists():
         raise DatagenError(f"model path does not exist: {model}", field="backend.model")
 
 

@@ -27,9 +27,11 @@ PROVENANCE = ("prompt_id", "template_id", "slots", "persona", "difficulty", "top
               "cluster_id", "cluster_label", "failure_id")
 COMPLETION = "completion"
 # Verdicts that say the check could not judge the candidate (missing reference, broken verifier or
-# sandbox, unparsable judge): such a candidate is not known to be worse, so it is never rejected.
+# sandbox, a pattern that backtracks without end, unparsable judge): such a candidate is not known
+# to be worse, so it is never rejected.
 NOT_THE_CANDIDATES_FAULT = frozenset(
-    {"no_reference", "bad_reference", "no_tests", "no_verifier", "verifier_error", "sandbox_error", "judge_error", "revise_error"}
+    {"no_reference", "bad_reference", "no_tests", "no_verifier", "verifier_error", "verifier_timeout", "sandbox_error", "judge_error",
+     "revise_error"}
 )
 FAILURE_OUTPUT = "failure_output"  # a counterexample run's correction prompts carry the failing output here
 

@@ -6,8 +6,9 @@ from typing import Any
 
 import polars as pl
 
-# Bookkeeping columns that say nothing about a kept row (every verdict there is "keep").
-INTERNAL = {"keep", "dropped_by", "completion"}
+# Bookkeeping columns that say nothing about a kept row (every verdict there is "keep", and no
+# kept row had a failed request).
+INTERNAL = {"keep", "dropped_by", "completion", "generate_error"}
 
 
 def sft_rows(candidates: pl.DataFrame, fmt: str, stage_labels: list[str]) -> pl.DataFrame:

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field, field_validator
 
+from datagen.paths import ModelRef, RecipePath
 from datagen.schema import StrictModel
-
-PATH_FIELDS = ("failures", "train")
 
 
 class InputConfig(StrictModel):
-    failures: str = Field(description="Parquet/JSONL of failed eval cases: prompt, output; optional expected, tag, severity, id")
-    train: str | None = Field(None, description="the existing training set (Parquet/JSONL): neighbours for the seeds, and decontamination")
+    failures: RecipePath = Field(description="Parquet/JSONL of failed eval cases: prompt, output; optional expected, tag, severity, id")
+    train: RecipePath | None = Field(None, description="the existing training set (Parquet/JSONL): neighbours for the seeds, and decontamination")
     k: int | None = Field(None, ge=1, description="number of clusters; chosen by silhouette within k_range when unset")
     k_range: tuple[int, int] = Field((2, 8), description="[lo, hi] tried for k, inclusive")
     seeds_per_cluster: int = Field(3, ge=1, le=20, description="failures shown in each counterexample prompt")
@@ -25,7 +22,7 @@ class InputConfig(StrictModel):
     correction_share: float = Field(
         0.25, ge=0.0, le=1.0, description="share of a cluster's budget spent re-solving its own failures that have an `expected`"
     )
-    embedding_model: str = Field("default", description="sentence-transformers model; default: the packaged all-MiniLM-L6-v2")
+    embedding_model: ModelRef = Field("default", description="sentence-transformers model; default: the packaged all-MiniLM-L6-v2")
     counterexample_template: str = Field("counterexamples", pattern=r"^[A-Za-z0-9_.-]+$")
     correction_template: str | None = Field("corrections", pattern=r"^[A-Za-z0-9_.-]+$", description="null: no corrections")
 
@@ -49,15 +46,3 @@ class InputConfig(StrictModel):
 
     def templates(self) -> list[str]:
         return [t for t in (self.counterexample_template, self.correction_template) if t]
-
-
-def anchor_paths(data: dict[str, Any], base: Path) -> None:
-    """Relative input paths written in a recipe file are relative to that file's folder (paths
-    given on the command line, with --set, stay relative to the working directory)."""
-    section = data.get("input")
-    if not isinstance(section, dict):
-        return
-    for key in PATH_FIELDS:
-        value = section.get(key)
-        if isinstance(value, str) and value and not Path(os.path.expanduser(value)).is_absolute():
-            section[key] = os.path.normpath(base.resolve() / value)

@@ -12,16 +12,17 @@ import itertools
 import json
 import random
 import re
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from datagen.backends import Backend, ChatRequest, Generation, make_backend
-from datagen.errors import DatagenError
+from datagen.backends.stage_model import OneCompletionSampling, StageModel
 from datagen.generate import RESERVED_COLUMNS, request_seed
+from datagen.paths import ShippedOrFile
 from datagen.rubrics import SCALE, Rubric, load_rubric
-from datagen.schema import BackendConfig, SamplingConfig
+from datagen.schema import BackendConfig
 from datagen.stages.base import StageConfigBase
 
 Score = Literal[SCALE]  # an enum in the JSON schema, which every structured-output engine supports
@@ -33,18 +34,13 @@ COMPARISON = pl.Struct({"opponent": pl.String, "result": pl.String, "consistent"
 COMPACT_JSON = {"backend": "xgrammar", "disable_any_whitespace": True}
 
 
-class JudgeSamplingConfig(SamplingConfig):
+class JudgeSamplingConfig(OneCompletionSampling):
     """Judge defaults: greedy, one verdict per request, room for the JSON and its rationale."""
 
+    one_completion_because: ClassVar[str] = "the judge reads one verdict per request"
     temperature: float = Field(0.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_tokens: int = Field(512, ge=1)
-
-    @model_validator(mode="after")
-    def _one_verdict(self) -> "JudgeSamplingConfig":
-        if self.n != 1:
-            raise ValueError("the judge reads one verdict per request: n must be 1")
-        return self
 
 
 class JudgeBackendConfig(BackendConfig):
@@ -53,7 +49,7 @@ class JudgeBackendConfig(BackendConfig):
 
 class JudgeConfig(StageConfigBase):
     stage: Literal["judge"] = "judge"
-    rubric: Rubric | str = Field(description="a shipped rubric's name, a path to a rubric YAML file, or the rubric inline")
+    rubric: Annotated[Rubric | str, ShippedOrFile] = Field(description="a shipped rubric's name, a path to a rubric YAML file, or the rubric inline")
     mode: Literal["pointwise", "pairwise"] = "pointwise"
     backend: JudgeBackendConfig = Field(default_factory=JudgeBackendConfig)
     seed: int = Field(0, ge=0, description="seeds the judge requests, the fence codes and pair sampling")
@@ -174,8 +170,7 @@ class JudgeStage:
         template = PAIRWISE_SYSTEM if config.mode == "pairwise" else POINTWISE_SYSTEM
         names = ", ".join(f'"{c.name}"' for c in self.rubric.criteria)
         self.system = template.format(rubric=self.rubric.render(), max_chars=config.rationale_max_chars, names=names)
-        self._factory = backend_factory or self._default_backend
-        self.backend: Backend | None = None
+        self.model = StageModel(backend_factory or self._default_backend, "judge", self.label, config.backend)
 
     def _default_backend(self) -> Backend:
         config: BackendConfig = self.config.backend
@@ -183,38 +178,11 @@ class JudgeStage:
             config = config.model_copy(update={"engine": {"structured_outputs_config": COMPACT_JSON} | config.engine})
         return make_backend(config, self.config.seed)
 
-    def _open(self) -> Backend:
-        if self.backend is None:
-            try:
-                self.backend = self._factory()
-            except DatagenError:
-                raise
-            except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                config = self.config.backend
-                raise DatagenError(f"cannot start the judge backend ({config.kind}, {config.model!r}): {first}",
-                                   field=f"{self.label}.backend.model") from err
-        return self.backend
-
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+        self.model.close()
 
     def _ask(self, requests: list[ChatRequest]) -> list[Generation]:
-        """One backend call for the whole batch; a failing call becomes an error per request."""
-        if not requests:
-            return []
-        backend = self._open()
-        try:
-            generations = backend.generate(requests, self.config.backend.sampling)
-        except Exception as err:  # noqa: BLE001 - a broken judge call is a recorded verdict, not a crashed run
-            first = (str(err).strip().splitlines() or [""])[0]
-            return [Generation([], 0, error=f"{type(err).__name__}: {first}") for _ in requests]
-        if len(generations) != len(requests):
-            message = f"backend returned {len(generations)} results for {len(requests)} requests"
-            return [Generation([], 0, error=message) for _ in requests]
-        return generations
+        return self.model.ask(requests, self.config.backend.sampling)
 
     def _read(self, generation: Generation) -> tuple[BaseModel | None, str | None]:
         if generation.error is not None:

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import random
 import re
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from datagen.backends import Backend, ChatRequest, Generation, make_backend
+from datagen.backends.stage_model import OneCompletionSampling, StageModel
 from datagen.constitutions import Constitution, Principle, load_constitution
-from datagen.errors import DatagenError
 from datagen.generate import RESERVED_COLUMNS, request_seed
-from datagen.schema import BackendConfig, SamplingConfig
+from datagen.paths import ShippedOrFile
+from datagen.schema import BackendConfig
 from datagen.stages.base import StageConfigBase
 
 COLUMNS = ("principle", "critique", "revision", "error")
@@ -33,17 +34,12 @@ REVISION_REQUEST = (
 LABEL = re.compile(r"\A\W*(?:here(?:'s| is) )?(?:the |my |a )?(?:revised (?:response|answer|version)|revision)\W*?:\W*", re.IGNORECASE)
 
 
-class ReviseSamplingConfig(SamplingConfig):
+class ReviseSamplingConfig(OneCompletionSampling):
     """One critique and one revision per candidate; room for a rewrite of a full answer."""
 
+    one_completion_because: ClassVar[str] = "the revise stage writes one critique and one revision per candidate"
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(256, ge=1)
-
-    @model_validator(mode="after")
-    def _one_each(self) -> "ReviseSamplingConfig":
-        if self.n != 1:
-            raise ValueError("the revise stage writes one critique and one revision per candidate: n must be 1")
-        return self
 
 
 class ReviseBackendConfig(BackendConfig):
@@ -61,7 +57,7 @@ class ReviseBackendConfig(BackendConfig):
 
 class ReviseConfig(StageConfigBase):
     stage: Literal["revise"] = "revise"
-    constitution: Constitution | str = Field("hhh", validate_default=True, description="a shipped constitution's name, a path to a YAML file, or one inline")
+    constitution: Annotated[Constitution | str, ShippedOrFile] = Field("hhh", validate_default=True, description="a shipped constitution's name, a path to a YAML file, or one inline")
     principles: list[str] | None = Field(None, min_length=1, description="draw only from these principle ids; default all")
     backend: ReviseBackendConfig | None = Field(None, description="default: the recipe's generator backend, so the model revises itself")
     sampling: ReviseSamplingConfig = Field(default_factory=ReviseSamplingConfig)
@@ -112,8 +108,7 @@ class ReviseStage:
         self.label = config.label
         wanted = config.principles
         self.principles: list[Principle] = [p for p in config.constitution_spec.principles if wanted is None or p.id in wanted]
-        self._factory = backend_factory or self._default_backend
-        self.backend: Backend | None = None
+        self.model = StageModel(backend_factory or self._default_backend, "revise", self.label, config.backend or ReviseBackendConfig())
 
     def backend_config(self) -> BackendConfig:
         """The model that critiques and revises: the stage's backend (in a recipe, the generator's
@@ -125,42 +120,11 @@ class ReviseStage:
     def _default_backend(self) -> Backend:
         return make_backend(self.backend_config(), self.config.seed)
 
-    def _open(self) -> Backend:
-        if self.backend is None:
-            try:
-                self.backend = self._factory()
-            except DatagenError:
-                raise
-            except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                config = self.config.backend or ReviseBackendConfig()
-                raise DatagenError(f"cannot start the revise backend ({config.kind}, {config.model!r}): {first}",
-                                   field=f"{self.label}.backend.model") from err
-        return self.backend
-
     def close(self) -> None:
-        if self.backend is not None:
-            self.backend.close()
-            self.backend = None
+        self.model.close()
 
     def principle_for(self, candidate_id: str) -> Principle:
         return random.Random(f"{self.config.seed}:{candidate_id}").choice(self.principles)
-
-    def _ask(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
-        """One backend call for all requests; a failing call becomes an error per request."""
-        if not requests:
-            return []
-        try:
-            generations = self._open().generate(requests, sampling)
-        except DatagenError:
-            raise
-        except Exception as err:  # noqa: BLE001 - a broken call is a recorded error, not a crashed run
-            first = (str(err).strip().splitlines() or [""])[0]
-            return [Generation([], 0, error=f"{type(err).__name__}: {first}") for _ in requests]
-        if len(generations) != len(requests):
-            message = f"backend returned {len(generations)} results for {len(requests)} requests"
-            return [Generation([], 0, error=message) for _ in requests]
-        return generations
 
     @staticmethod
     def _text(generation: Generation, what: str, cut_is_error: bool) -> tuple[str | None, str | None]:
@@ -185,7 +149,7 @@ class ReviseStage:
         ]
         ids = [row["candidate_id"] for row in rows]
         critique_sampling = self.config.sampling.model_copy(update={"max_tokens": self.config.critique_max_tokens})
-        asked = self._ask([ChatRequest(messages=m, seed=request_seed(self.config.seed, f"{c}:critique")) for m, c in zip(critique_turns, ids)], critique_sampling)
+        asked = self.model.ask([ChatRequest(messages=m, seed=request_seed(self.config.seed, f"{c}:critique")) for m, c in zip(critique_turns, ids)], critique_sampling)
         critiques = [self._text(g, "critique", cut_is_error=False) for g in asked]
 
         # Only candidates with a critique go on to the revision turn, all in one call.
@@ -197,7 +161,7 @@ class ReviseStage:
             ]
             for i in todo
         ]
-        asked = self._ask([ChatRequest(messages=m, seed=request_seed(self.config.seed, f"{ids[i]}:revision")) for m, i in zip(revision_turns, todo)], self.config.sampling)
+        asked = self.model.ask([ChatRequest(messages=m, seed=request_seed(self.config.seed, f"{ids[i]}:revision")) for m, i in zip(revision_turns, todo)], self.config.sampling)
         revisions: list[tuple[str | None, str | None]] = [(None, None)] * len(rows)
         for i, generation in zip(todo, asked):
             text, error = self._text(generation, "revision", cut_is_error=True)

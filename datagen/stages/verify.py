@@ -19,10 +19,12 @@ from typing import Annotated, Any, Literal, Union
 
 import jsonschema
 import polars as pl
+import regex
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from datagen.answers import equivalent, final_answer, parse_reference
+from datagen.paths import InputFile
 from datagen.sandbox import SandboxLimits, run_python
 from datagen.schema import StrictModel
 from datagen.stages.base import StageConfigBase
@@ -70,26 +72,36 @@ RegexFlag = Literal["ignorecase", "multiline", "dotall", "ascii", "verbose"]
 
 
 class RegexVerifier(StrictModel):
+    """Matched with the `regex` package rather than `re`: a pattern that backtracks catastrophically on
+    some output, like (a|aa)+$, gives up after `timeout_seconds` instead of hanging the run."""
+
     kind: Literal["regex"] = "regex"
     pattern: str
     mode: Literal["search", "fullmatch"] = Field("search", description="fullmatch is against the completion stripped of outer whitespace")
     flags: list[RegexFlag] = Field(default_factory=list)
-    _compiled: re.Pattern[str] = PrivateAttr()
+    timeout_seconds: float = Field(1.0, gt=0, le=60, description="per match; a match that takes longer fails with verifier_timeout")
+    _compiled: regex.Pattern[str] = PrivateAttr()
 
     @model_validator(mode="after")
     def _compile(self) -> "RegexVerifier":
         value = 0
         for flag in self.flags:
-            value |= getattr(re, flag.upper())
+            value |= getattr(regex, flag.upper())
         try:
-            self._compiled = re.compile(self.pattern, value)
-        except re.error as err:
+            self._compiled = regex.compile(self.pattern, value)
+        except regex.error as err:
             raise ValueError(f"invalid regular expression {self.pattern!r}: {err}") from None
         return self
 
     def check(self, row: dict[str, Any]) -> Verdict:
         text = row["completion"] or ""
-        match = self._compiled.fullmatch(text.strip()) if self.mode == "fullmatch" else self._compiled.search(text)
+        try:
+            if self.mode == "fullmatch":
+                match = self._compiled.fullmatch(text.strip(), timeout=self.timeout_seconds)
+            else:
+                match = self._compiled.search(text, timeout=self.timeout_seconds)
+        except TimeoutError:
+            return Verdict.fail("verifier_timeout", f"{self.mode} of /{self.pattern}/ gave up after {self.timeout_seconds:g} s")
         if match is None:
             return Verdict.fail("no_match", f"{self.mode} of /{self.pattern}/ failed")
         # A group named `answer` marks the part worth recording; else the whole match.
@@ -111,7 +123,7 @@ class JsonSchemaVerifier(StrictModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     kind: Literal["json_schema"] = "json_schema"
     json_schema: dict[str, Any] | None = Field(None, alias="schema", description="the schema inline")
-    schema_file: str | None = Field(None, description="a JSON or YAML file holding the schema")
+    schema_file: InputFile | None = Field(None, description="a JSON or YAML file holding the schema")
     _validator: Any = PrivateAttr()
 
     @model_validator(mode="after")

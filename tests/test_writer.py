@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+import datasets
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from datagen.executor import run_pipeline
+from datagen.recipe import load_recipe
+
+RESPONSES = ["short", "A longer answer, number {index}, with a few more words."]
+
+
+def run(project, name: str, min_chars: int, fmt: str = "sft"):
+    output = {"format": fmt} | ({"pairs": {"strategy": "verified", "stage": "length"}} if fmt == "dpo" else {})
+    path = project(
+        backend={"kind": "scripted", "responses": RESPONSES, "sampling": {"n": 2, "max_tokens": 50}},
+        stages=[{"stage": "length", "min_chars": min_chars}],
+        output=output,
+    )
+    out = project.root / name
+    return run_pipeline(load_recipe(path), out, progress=False), out
+
+
+def card_header(out) -> dict:
+    return yaml.safe_load((out / "README.md").read_text().split("---")[1])
+
+
+@pytest.mark.parametrize("fmt", ["sft", "prompt_completion", "dpo"])
+def test_a_run_that_drops_every_row_writes_an_empty_dataset_with_its_columns(project, fmt):
+    full, full_out = run(project, "some", min_chars=10, fmt=fmt)
+    empty, out = run(project, "none", min_chars=100_000, fmt=fmt)
+    assert full.rows_written > 0 and empty.rows_written == 0
+    features = datasets.load_dataset(str(full_out), split="train").features
+
+    files = sorted((out / "data").glob("*.parquet"))
+    assert len(files) == 1 and pq.read_metadata(files[0]).num_rows == 0
+    assert datasets.Features.from_arrow_schema(pq.read_schema(files[0])) == features, "the columns and types of a run with rows"
+    assert pl.read_parquet(files[0]).height == 0
+
+    streamed = datasets.load_dataset(str(out), split="train", streaming=True)
+    assert streamed.features == features and list(streamed) == []
+    by_files = datasets.load_dataset("parquet", data_files={"train": [str(f) for f in files]}, split="train", streaming=True)
+    assert by_files.features == features and list(by_files) == []
+
+    header = card_header(out)
+    assert header["dataset_info"]["splits"] == [{"name": "train", "num_bytes": 0, "num_examples": 0}]
+    assert datasets.Features._from_yaml_list(header["dataset_info"]["features"]) == features
+    card = (out / "README.md").read_text()
+    assert "- Rows: 0" in card and "| length | 12 | 0 | 12 | too_short: 12 |" in card and "| generate | 6 | 12 | 0 | - |" in card
+    assert "No row survived the stages" in card and "No row survived" not in (full_out / "README.md").read_text()
+    assert "too_short" in (out / "run" / "report.html").read_text(), "the run report is written for an empty output too"
+
+
+@pytest.mark.xfail(raises=ValueError, strict=True, reason="datasets (5.2) cannot load a split with no rows: huggingface/datasets#8401")
+def test_load_dataset_of_an_empty_run(project):
+    _, out = run(project, "none", min_chars=100_000)
+    assert datasets.load_dataset(str(out), split="train").num_rows == 0
+
+
+def test_the_card_declares_the_split_so_datasets_checks_it(project):
+    result, out = run(project, "some", min_chars=10)
+    split = card_header(out)["dataset_info"]["splits"][0]
+    assert split["num_examples"] == result.rows_written and split["num_bytes"] > 0
+    info = datasets.load_dataset_builder(str(out)).info
+    assert info.splits["train"].num_examples == result.rows_written, "read from the card, not ignored as malformed"
