@@ -4,8 +4,9 @@
 
 All methods get the same documents (benchmarks/corpus.py: real sentences, planted
 near-duplicates) and 5-word shingles at the same threshold:
-- datagen: `Deduplicator` (the dedup stage and `datagen dedup`): vectorized signatures, LSH
-  bands chosen for recall, every candidate confirmed by exact Jaccard.
+- datagen: `Deduplicator` (the dedup stage and `datagen dedup`): one-permutation MinHash with
+  optimal densification, LSH bands chosen for recall, keep-first decided in vectorized rounds,
+  every candidate confirmed by exact Jaccard.
 - datasketch loop: the textbook per-document loop, `MinHash.update` per shingle, then
   `MinHashLSH(threshold)` query-then-insert.
 - datasketch bulk: the same with `MinHash.bulk` computing all signatures in one call.

@@ -49,3 +49,25 @@ class Stage(Protocol):
 def verdict(label: str, keep: pl.Expr, reason: pl.Expr) -> list[pl.Expr]:
     """The two verdict columns, with the reason null where the row is kept."""
     return [keep.alias(f"{label}_keep"), pl.when(keep).then(None).otherwise(reason).cast(pl.String).alias(f"{label}_reason")]
+
+
+class FittedVerdicts:
+    """The verdicts a global stage decided in `fit` (candidate_id plus its columns), looked up per
+    shard by binary search over sorted ids: joining each shard against the whole table would hash
+    every row of the run again for every shard."""
+
+    def __init__(self, verdicts: pl.DataFrame):
+        self.table = verdicts.sort("candidate_id")
+        self.ids = self.table["candidate_id"]
+
+    def lookup(self, batch: pl.DataFrame) -> pl.DataFrame | None:
+        """The batch's verdict columns in the batch's row order, or None if fit did not see every row."""
+        if batch.height == 0:
+            return self.table.clear().drop("candidate_id")
+        if self.ids.len() == 0:
+            return None
+        at = self.ids.search_sorted(batch["candidate_id"]).clip(upper_bound=self.ids.len() - 1)
+        found = self.table.gather(at)
+        if not (found["candidate_id"] == batch["candidate_id"]).all():
+            return None
+        return found.drop("candidate_id")

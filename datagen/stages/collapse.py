@@ -24,7 +24,8 @@ from pydantic import Field
 
 from datagen.embeddings import DEFAULT_MODEL, connected_labels, encode, load_encoder, similar_pairs
 from datagen.errors import DatagenError
-from datagen.stages.base import StageConfigBase, verdict
+from datagen.paths import ModelRef
+from datagen.stages.base import FittedVerdicts, StageConfigBase, verdict
 
 GROUPS = {"template": "template_id", "persona": "persona"}
 INPUT_COLUMNS = ["candidate_id", "prompt_id", "sample_index", "template_id", "persona", "completion"]
@@ -33,7 +34,7 @@ WORD = r"\w+"
 
 class CollapseConfig(StageConfigBase):
     stage: Literal["collapse"] = "collapse"
-    model: str = Field(DEFAULT_MODEL, min_length=1, description="'default' (packaged all-MiniLM-L6-v2), a local folder, or a hub id")
+    model: ModelRef = Field(DEFAULT_MODEL, min_length=1, description="'default' (packaged all-MiniLM-L6-v2), a local folder, or a hub id")
     device: str = Field("cpu", min_length=1, description="torch device for the embedding model")
     batch_size: int = Field(64, ge=1, description="texts per encoder batch")
     sibling_threshold: float = Field(0.95, gt=0, lt=1, description="cosine above which a sample duplicates a kept sibling")
@@ -53,7 +54,7 @@ class CollapseStage:
         self.config = config
         self.label = config.label
         self._encoder = None
-        self._verdicts: pl.DataFrame | None = None  # candidate_id + this stage's columns
+        self._verdicts: FittedVerdicts | None = None
         self._summary: dict[str, Any] | None = None
 
     @property
@@ -73,14 +74,19 @@ class CollapseStage:
         vectors = encode(self.encoder, rows["completion"].to_list(), self.config.batch_size) if rows.height else np.zeros((0, 1), np.float32)
         flagged = self._flag(rows, vectors)
         self._summary = self._statistics(flagged, vectors)
-        self._verdicts = flagged.select("candidate_id", *self._columns())
+        self._verdicts = FittedVerdicts(flagged.select("candidate_id", *self._columns()))
         self._stop_if_collapsed(self._summary)
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        if self._verdicts is None or not batch["candidate_id"].is_in(self._verdicts["candidate_id"].implode()).all():
-            # Called without a fit over the whole run: this batch is the whole set.
+        columns = self._verdicts.lookup(batch) if self._verdicts is not None else None
+        if columns is None:  # called without a fit over the whole run: this batch is the whole set
             self.fit(lambda: iter([batch]))
-        return batch.join(self._verdicts, on="candidate_id", how="left", maintain_order="left")
+            columns = self._verdicts.lookup(batch)
+        return batch.hstack(columns)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A fitted stage is shipped to Ray workers: its verdicts travel, the encoder does not.
+        return {**self.__dict__, "_encoder": None}
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
         if self._summary is None:  # a resumed run whose shards were all done: recompute from them

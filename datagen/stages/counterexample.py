@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from datagen.answers import final_answer
 from datagen.counterexamples.config import InputConfig
-from datagen.stages.base import StageConfigBase
+from datagen.stages.base import FittedVerdicts, StageConfigBase
 from datagen.stages.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
 
 BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
@@ -87,7 +87,7 @@ class CounterexampleStage:
         self.config = config
         self.label = config.label
         self._reference: tuple[Deduplicator, list[str], int] | None = None
-        self._verdicts: pl.DataFrame | None = None
+        self._verdicts: FittedVerdicts | None = None
 
     def _references(self) -> tuple[Deduplicator, list[str], int]:
         """A deduplicator holding every failure prompt and training prompt, their ids, and how many are failures."""
@@ -138,14 +138,15 @@ class CounterexampleStage:
     def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
         # Duplicates are global: every verdict is decided once over all alive rows, in run order.
         frames = [frame.select("candidate_id", "completion") for frame in shards()]
-        self._verdicts = self._decide(pl.concat(frames)) if frames else None
+        self._verdicts = FittedVerdicts(self._decide(pl.concat(frames))) if frames else None
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        verdicts = self._verdicts if self._verdicts is not None else self._decide(batch)
-        out = batch.join(verdicts, on="candidate_id", how="left", maintain_order="left")
-        if out[f"{self.label}_keep"].null_count():
+        if self._verdicts is None:  # without fit, the batch is the whole set
+            return batch.join(self._decide(batch), on="candidate_id", how="left", maintain_order="left")
+        columns = self._verdicts.lookup(batch)
+        if columns is None:
             raise RuntimeError(f"stage {self.label!r} got rows that fit did not see")
-        return out
+        return batch.hstack(columns)
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
         """The cluster report: the plan's figures per cluster plus what is alive after this stage."""

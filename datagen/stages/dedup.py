@@ -7,17 +7,19 @@ each shard only looks its rows up; a resumed run refits on the same rows and get
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import numpy as np
 import polars as pl
-from datasketch import MinHashLSH
 from pydantic import Field, model_validator
 
 from datagen.errors import DatagenError
-from datagen.minhash import MinHasher, Shingles, jaccard, lsh_params, normalize, shingle
-from datagen.stages.base import StageConfigBase
+from datagen.lsh import best_match, candidate_pairs, greedy_clusters
+from datagen.minhash import MinHasher, band_keys, lsh_params, pair_jaccard, shingle, sorted_unique
+from datagen.paths import InputFile
+from datagen.stages.base import FittedVerdicts, StageConfigBase
 
 EXACT, NEAR, REFERENCE = "exact_duplicate", "near_duplicate", "reference_match"
 PERMUTATION_SEED = 1
@@ -30,14 +32,14 @@ class DedupConfig(StageConfigBase):
         "completion", description="prompt: the last user message; both: prompt and completion together"
     )
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of word shingles at which rows are near-duplicates")
-    num_perm: int = Field(128, ge=16, le=1024)
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash signature size (one-permutation bins)")
     # Five-word shingles (as in datatrove and text-dedup): one changed word in a 100-word text
     # still leaves Jaccard ~0.9, while paraphrases that share phrases but not sentences stay apart.
     shingle_size: int = Field(5, ge=1, le=32, description="words per shingle")
     bands: int | None = Field(None, ge=2, description="LSH bands; default: chosen for recall at the threshold")
     keep: Literal["first", "best"] = "first"
     score_column: str | None = Field(None, description="with keep: best, the row with the highest score is kept")
-    reference: str | None = Field(None, description="Parquet/JSONL file; rows near-duplicating any of its texts are dropped")
+    reference: InputFile | None = Field(None, description="Parquet/JSONL file; rows near-duplicating any of its texts are dropped")
     reference_column: str = "prompt"
 
     @model_validator(mode="after")
@@ -85,6 +87,41 @@ def text_column(frame: pl.DataFrame, column: str, source: str | Path, field: str
     return series
 
 
+SKETCH_CHUNK = 1 << 16  # texts sketched at a time: memory holds their shingles, then only keys
+PAIR_CHUNK = 1 << 17  # candidate pairs compared at a time
+
+
+@dataclass
+class Sketch:
+    band_keys: np.ndarray  # (texts, bands) uint64
+    text_keys: np.ndarray  # (texts, 2) uint64: equal for texts with the same words in the same order
+    shingles: np.ndarray  # shingles per text; 0 for an empty or null text
+
+
+class ShingleJaccard:
+    """Exact Jaccard similarity of word shingles between texts `left[index[i]]` (index: all rows by
+    default) and `right[j]` (`right`: left itself by default). Shingles are recomputed for the rows
+    asked about, a chunk of pairs at a time, so nothing the size of the data is kept."""
+
+    def __init__(self, size: int, left: pl.Series, index: np.ndarray | None = None, right: pl.Series | None = None):
+        self.size, self.left, self.index = size, left, index
+        self.right = left if right is None else right
+
+    def _rows(self, i: np.ndarray) -> np.ndarray:
+        return i if self.index is None else self.index[i]
+
+    def pairs(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        found = np.empty(len(a))
+        for lo in range(0, len(a), PAIR_CHUNK):
+            ca, cb = self._rows(a[lo : lo + PAIR_CHUNK]), b[lo : lo + PAIR_CHUNK]
+            if self.right is self.left:
+                cb = self._rows(cb)
+            ua, ub = sorted_unique(ca), sorted_unique(cb)
+            shingles = shingle(pl.concat([self.left.gather(ua), self.right.gather(ub)]), self.size)
+            found[lo : lo + PAIR_CHUNK] = pair_jaccard(shingles, np.searchsorted(ua, ca), len(ua) + np.searchsorted(ub, cb))
+        return found
+
+
 class Deduplicator:
     """Verdicts for a column of texts: which rows to keep, and which kept row each dropped row duplicates."""
 
@@ -93,58 +130,36 @@ class Deduplicator:
         self.shingle_size = config.shingle_size
         self.hasher = MinHasher(config.num_perm, PERMUTATION_SEED)
         self.bands, self.rows = lsh_params(config.threshold, config.num_perm, config.bands)
-        self.reference: tuple[Shingles, MinHashLSH] | None = None
+        self.reference: tuple[pl.Series, Sketch] | None = None
         if reference is not None:
-            shingles, signatures = self._sketch(normalize(reference))
-            index = self._index()
-            for i in np.flatnonzero(shingles.counts()):
-                index.insert(int(i), self.hasher.lean(signatures[i]), check_duplication=False)
-            self.reference = (shingles, index)
+            self.reference = (reference, self.sketch(reference))
 
-    def _index(self) -> MinHashLSH:
-        return MinHashLSH(num_perm=self.hasher.num_perm, params=(self.bands, self.rows))
+    def sketch(self, texts: pl.Series) -> Sketch:
+        parts = []
+        for lo in range(0, len(texts), SKETCH_CHUNK):
+            shingles = shingle(texts.slice(lo, SKETCH_CHUNK), self.shingle_size, text_keys=True)
+            keys = band_keys(self.hasher.signatures(shingles), self.bands, self.rows)
+            parts.append(Sketch(keys, shingles.text_keys, shingles.counts()))
+        if not parts:
+            return Sketch(np.zeros((0, self.bands), np.uint64), np.zeros((0, 2), np.uint64), np.zeros(0, np.int64))
+        return Sketch(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("band_keys", "text_keys", "shingles")))
 
-    def _sketch(self, normalized: pl.Series) -> tuple[Shingles, np.ndarray]:
-        shingles = shingle(normalized, self.shingle_size)
-        return shingles, self.hasher.signatures(shingles)
-
-    def _closest(self, index: MinHashLSH, signature: np.ndarray, text: int, shingles: Shingles, others: Shingles) -> tuple[int, float]:
-        """The indexed text most similar to `text` at or above the threshold, earliest on ties; (-1, 0) if none."""
-        best, best_sim = -1, 0.0
-        for key in sorted(index.query(self.hasher.lean(signature))):
-            sim = jaccard(shingles.of(text), others.of(key))
-            if sim >= self.threshold and sim > best_sim:
-                best, best_sim = key, sim
-        return best, best_sim
-
-    def reference_matches(self, texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    def reference_matches(self, texts: pl.Series, sketch: Sketch | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per text: the row of the closest reference text at or above the threshold (-1 if none) and its similarity."""
         rows = np.full(len(texts), -1, dtype=np.int64)
         sims = np.zeros(len(texts))
         if self.reference is None:
             return rows, sims
-        ref_shingles, index = self.reference
-        shingles, signatures = self._sketch(normalize(texts))
-        for i in np.flatnonzero(shingles.counts()):
-            rows[i], sims[i] = self._closest(index, signatures[i], i, shingles, ref_shingles)
+        reference, ref_sketch = self.reference
+        sketch = sketch or self.sketch(texts)
+        mine, theirs = np.flatnonzero(sketch.shingles), np.flatnonzero(ref_sketch.shingles)
+        a, b = candidate_pairs(sketch.band_keys[mine], ref_sketch.band_keys[theirs])
+        a, b = mine[a], theirs[b]
+        found = ShingleJaccard(self.shingle_size, texts, right=reference).pairs(a, b)
+        hit = found >= self.threshold
+        a, b, found = best_match(a[hit], b[hit], found[hit])
+        rows[a], sims[a] = b, found
         return rows, sims
-
-    def _near_duplicates(self, normalized: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-        """Greedy over texts in order: each text is kept unless it is within the threshold of a text
-        kept before it. Returns, per text, the index of the kept text it belongs to and the similarity."""
-        kept = np.arange(len(normalized))
-        sims = np.ones(len(normalized))
-        if not len(normalized):
-            return kept, sims
-        shingles, signatures = self._sketch(normalized)
-        index = self._index()
-        for i in np.flatnonzero(shingles.counts()):  # empty texts have only their exact duplicates
-            match, sim = self._closest(index, signatures[i], i, shingles, shingles)
-            if match >= 0:
-                kept[i], sims[i] = match, sim
-            else:
-                index.insert(int(i), self.hasher.lean(signatures[i]), check_duplication=False)
-        return kept, sims
 
     def verdicts(self, texts: pl.Series, scores: pl.Series | None = None, reference_views: list[pl.Series] | None = None) -> pl.DataFrame:
         """One row per text: keep, reason, kept_row (the row kept for its cluster; itself when kept),
@@ -157,40 +172,40 @@ class Deduplicator:
         order = np.arange(n) if scores is None else _by_score(scores)
         rank = np.empty(n, dtype=np.int64)
         rank[order] = np.arange(n)
+        sketch = self.sketch(texts)
 
         ref_row = np.full(n, -1, dtype=np.int64)
         ref_sim = np.zeros(n)
         for view in reference_views if reference_views is not None else [texts]:
-            rows, sims = self.reference_matches(view)
+            rows, sims = self.reference_matches(view, sketch if view is texts else None)
             better = sims > ref_sim
             ref_row[better], ref_sim[better] = rows[better], sims[better]
 
-        # Exact groups (same normalized text) in priority order; each group's first row stands for it.
-        norm = normalize(texts)
+        # Exact groups (same words in the same order) in priority order; each group's first row stands for it.
         groups = (
-            pl.DataFrame({"norm": norm, "row": np.arange(n), "rank": rank})
-            .filter(pl.col("norm").is_not_null() & pl.Series(ref_row < 0))
+            pl.DataFrame({"k0": sketch.text_keys[:, 0], "k1": sketch.text_keys[:, 1], "row": np.arange(n), "rank": rank})
+            .filter(texts.is_not_null() & pl.Series(ref_row < 0))
             .sort("rank")
-            .group_by("norm", maintain_order=True)
-            .agg(pl.col("row"))
+            .with_columns(rep=pl.col("row").first().over("k0", "k1"))
         )
-        members = groups["row"].to_list()
-        reps = np.array([rows[0] for rows in members], dtype=np.int64)
-        kept_group, group_sim = self._near_duplicates(groups["norm"])
+        row, rep = groups["row"].to_numpy(), groups["rep"].to_numpy()
+        reps = row[row == rep]  # in priority order
+        near = reps[sketch.shingles[reps] > 0]  # empty texts have only their exact duplicates
+        kept_of, near_sims = greedy_clusters(sketch.band_keys[near], ShingleJaccard(self.shingle_size, texts, near), self.threshold)
+        target = np.arange(n)
+        group_sim = np.ones(n)
+        target[near], group_sim[near] = near[kept_of], near_sims
 
+        goes_to = target[rep]  # per grouped row: the row kept for it
+        dropped = row != goes_to
         keep = np.ones(n, dtype=bool)
         reason = np.full(n, None, dtype=object)
         kept_row = np.arange(n, dtype=np.int64)
         similarity = np.full(n, np.nan)
-        for g, rows in enumerate(members):
-            target = reps[kept_group[g]]
-            for row in rows:
-                if row != target:
-                    keep[row] = False
-                    kept_row[row] = target
-                    reason[row] = EXACT if kept_group[g] == g else NEAR
-                    similarity[row] = group_sim[g]
-                    similarity[target] = np.fmax(similarity[target], group_sim[g])
+        d, g = row[dropped], rep[dropped]
+        keep[d], kept_row[d], similarity[d] = False, goes_to[dropped], group_sim[g]
+        reason[d] = np.where(target[g] == g, EXACT, NEAR)
+        np.fmax.at(similarity, goes_to[dropped], group_sim[g])
         matched = ref_row >= 0
         keep[matched] = False
         reason[matched] = REFERENCE
@@ -228,7 +243,7 @@ class DedupStage:
             path = Path(config.reference)
             reference = text_column(read_table(path, "reference"), config.reference_column, path, f"{self.label}.reference_column")
         self.deduplicator = Deduplicator(config, reference)
-        self._verdicts: pl.DataFrame | None = None
+        self._verdicts: FittedVerdicts | None = None
 
     def _inputs(self, frame: pl.DataFrame) -> pl.DataFrame:
         c = self.config
@@ -261,15 +276,15 @@ class DedupStage:
 
     def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
         frames = [self._inputs(frame) for frame in shards()]
-        self._verdicts = self._decide(pl.concat(frames, how="vertical_relaxed")) if frames else None
+        self._verdicts = FittedVerdicts(self._decide(pl.concat(frames, how="vertical_relaxed"))) if frames else None
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
-        # Without fit (a single batch used on its own), the batch is the whole data set.
-        verdicts = self._verdicts if self._verdicts is not None else self._decide(self._inputs(batch))
-        out = batch.join(verdicts, on="candidate_id", how="left", maintain_order="left")
-        if out[f"{self.label}_keep"].null_count():
+        if self._verdicts is None:  # without fit (a single batch used on its own), the batch is the whole data set
+            return batch.hstack(self._decide(self._inputs(batch)).drop("candidate_id"))
+        columns = self._verdicts.lookup(batch)
+        if columns is None:
             raise RuntimeError(f"stage {self.label!r} got rows that fit did not see")
-        return out
+        return batch.hstack(columns)
 
     def summarize(self, outputs: pl.LazyFrame) -> dict:
         k = self.label
