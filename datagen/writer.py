@@ -49,25 +49,24 @@ def write_dataset(
     model: str | None = None,
     output_stats: dict[str, Any] | None = None,
 ) -> int:
-    table = rows.to_arrow()
-    table = table.cast(_plain_types(table.schema))
-
     staging = out / ".data.tmp"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    n_files = max(1, -(-table.num_rows // ROWS_PER_FILE))  # one file even for 0 rows: it holds the columns
+    n_files = max(1, -(-rows.height // ROWS_PER_FILE))  # one file even for 0 rows: it holds the columns
     features, num_bytes = None, 0
     datasets.disable_progress_bars()
     for i in range(n_files):
-        part = datasets.Dataset(table.slice(i * ROWS_PER_FILE, ROWS_PER_FILE))
+        # File by file: converting the whole frame to Arrow at once would copy every row.
+        table = rows.slice(i * ROWS_PER_FILE, ROWS_PER_FILE).to_arrow()
+        part = datasets.Dataset(table.cast(_plain_types(table.schema)))
         features, num_bytes = part.features, num_bytes + part.data.nbytes
         part.to_parquet(str(staging / f"train-{i:05d}-of-{n_files:05d}.parquet"))
     final = out / "data"
     shutil.rmtree(final, ignore_errors=True)
     staging.rename(final)
-    card = dataset_card(loaded, features, table.num_rows, stage_stats, model or loaded.recipe.backend.model, output_stats, num_bytes)
+    card = dataset_card(loaded, features, rows.height, stage_stats, model or loaded.recipe.backend.model, output_stats, num_bytes)
     atomic_write_bytes(out / "README.md", card.encode())
-    return table.num_rows
+    return rows.height
 
 
 def dataset_card(

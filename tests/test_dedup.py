@@ -425,3 +425,15 @@ def test_cli_errors_one_line_exit_2(tmp_path, case, argv, message):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in run.stderr
     assert not (tmp_path / "out.parquet").exists()
+
+
+def test_chunked_sketch_and_pairs_give_the_same_verdicts(monkeypatch):
+    import datagen.stages.dedup as dedup_module
+
+    docs = corpus(seed=12, originals=150, variants=150)
+    whole = dedup(docs)
+    monkeypatch.setattr(dedup_module, "SKETCH_CHUNK", 7)  # texts sketched 7 at a time
+    monkeypatch.setattr(dedup_module, "PAIR_CHUNK", 5)  # candidate pairs compared 5 at a time
+    chunked = dedup(docs)
+    assert (~whole["dedup_keep"]).sum() > 50
+    assert chunked.equals(whole)

@@ -36,7 +36,7 @@ def build_output(shards: list[Path], output: "OutputConfig", stage_labels: list[
         else:
             rows = sft_rows(candidates, output.format, stage_labels)
         parts.append(rows)
-    rows = pl.concat(parts, how="diagonal_relaxed")
+    rows = pl.concat(parts, how="diagonal_relaxed", rechunk=False)  # the shards' chunks as they are: no second copy
     stats = pair_stats(tally, output.pairs) if output.format == "dpo" and output.pairs is not None else sft_stats(rows)
     if output.format == "counterexamples":
         stats |= counterexample_stats(rows)

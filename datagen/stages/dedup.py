@@ -87,13 +87,13 @@ def text_column(frame: pl.DataFrame, column: str, source: str | Path, field: str
     return series
 
 
-SKETCH_CHUNK = 1 << 16  # texts sketched at a time: memory holds their shingles, then only keys
-PAIR_CHUNK = 1 << 17  # candidate pairs compared at a time
+SKETCH_CHUNK = 8192  # texts sketched at a time (their arrays stay in cache), then only keys are kept
+PAIR_CHUNK = 1 << 15  # candidate pairs compared at a time (their texts are re-shingled)
 
 
 @dataclass
 class Sketch:
-    band_keys: np.ndarray  # (texts, bands) uint64
+    band_keys: np.ndarray  # (texts, bands) uint32
     text_keys: np.ndarray  # (texts, 2) uint64: equal for texts with the same words in the same order
     shingles: np.ndarray  # shingles per text; 0 for an empty or null text
 
@@ -135,14 +135,14 @@ class Deduplicator:
             self.reference = (reference, self.sketch(reference))
 
     def sketch(self, texts: pl.Series) -> Sketch:
-        parts = []
-        for lo in range(0, len(texts), SKETCH_CHUNK):
+        n = len(texts)
+        sketch = Sketch(np.empty((n, self.bands), np.uint32), np.empty((n, 2), np.uint64), np.empty(n, np.int64))
+        for lo in range(0, n, SKETCH_CHUNK):
             shingles = shingle(texts.slice(lo, SKETCH_CHUNK), self.shingle_size, text_keys=True)
-            keys = band_keys(self.hasher.signatures(shingles), self.bands, self.rows)
-            parts.append(Sketch(keys, shingles.text_keys, shingles.counts()))
-        if not parts:
-            return Sketch(np.zeros((0, self.bands), np.uint64), np.zeros((0, 2), np.uint64), np.zeros(0, np.int64))
-        return Sketch(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("band_keys", "text_keys", "shingles")))
+            hi = lo + len(shingles)
+            sketch.band_keys[lo:hi] = band_keys(self.hasher.signatures(shingles), self.bands, self.rows)
+            sketch.text_keys[lo:hi], sketch.shingles[lo:hi] = shingles.text_keys, shingles.counts()
+        return sketch
 
     def reference_matches(self, texts: pl.Series, sketch: Sketch | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Per text: the row of the closest reference text at or above the threshold (-1 if none) and its similarity."""
@@ -276,7 +276,8 @@ class DedupStage:
 
     def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
         frames = [self._inputs(frame) for frame in shards()]
-        self._verdicts = FittedVerdicts(self._decide(pl.concat(frames, how="vertical_relaxed"))) if frames else None
+        if frames:  # chunks are kept as they are: no second copy of every row's text
+            self._verdicts = FittedVerdicts(self._decide(pl.concat(frames, how="vertical_relaxed", rechunk=False)))
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._verdicts is None:  # without fit (a single batch used on its own), the batch is the whole data set
