@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         raise DatagenError("no output directory: pass --out DIR or set output.dir", args.recipe, "output.dir")
     _check_backends(loaded.recipe, args.recipe)
-    if loaded.recipe.backend.kind == "vllm":
+    if any(backend.kind == "vllm" for _, backend in loaded.recipe.backends()):  # a judge's engine too
         _ensure_openmp_preload()
     progress = "none" if args.no_progress else args.progress
     if args.executor == "ray":
@@ -139,14 +139,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
     else:  # datasets refuses a split with no rows unless streaming
         print(f"wrote 0 rows to {out}: no row survived the stages (see {out / 'README.md'}); inspect with datagen inspect {out}")
-    if loaded.recipe.input is not None and loaded.recipe.output.format == "counterexamples":
-        from datagen.counterexamples.output import PAIRS_DIR, write_pairs
+    if result.pairs_written:
+        from datagen.counterexamples.output import PAIRS_DIR
 
-        pairs = write_pairs(out, loaded)
-        if pairs:
-            print(f"wrote {pairs} fix/failure DPO pairs to {out / PAIRS_DIR} (load with datasets.load_dataset({str(out / PAIRS_DIR)!r}))")
-        elif pairs == 0:
-            print("no fix/failure DPO pairs: no correction verified against its expected answer")
+        pairs_dir = out / PAIRS_DIR
+        print(f"wrote {result.pairs_written} fix/failure DPO pairs to {pairs_dir} (load with datasets.load_dataset({str(pairs_dir)!r}))")
+    elif result.pairs_written == 0:
+        print("no fix/failure DPO pairs: no correction verified against its expected answer")
     report = out / "run" / "report.html"
     if report.exists():
         print(f"report: {report} (or: datagen inspect {out})")

@@ -46,6 +46,7 @@ class RunResult:
     out: Path
     rows_written: int
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
+    pairs_written: int | None = None  # counterexample runs: fix/failure DPO pairs in OUT/pairs (None: not built)
 
 
 def _selected(templates: list[str] | None) -> pl.Expr:
@@ -155,8 +156,13 @@ def run_pipeline(
     manifest["complete"] = True
     manifest["rows_written"] = written
     run.write_manifest(manifest)
+    pairs = None
+    if recipe.input is not None and recipe.output.format == "counterexamples":
+        from datagen.counterexamples.output import write_pairs
+
+        pairs = write_pairs(out, loaded)
     write_report(out)
-    return RunResult(out=out, rows_written=written, stage_stats=stage_stats)
+    return RunResult(out=out, rows_written=written, stage_stats=stage_stats, pairs_written=pairs)
 
 
 def shard_key(manifest: dict[str, Any], labels: list[str], index: int, j: int, shards: list[pl.DataFrame], global_input: bool) -> str:

@@ -382,9 +382,11 @@ def test_recipe_keeps_new_problems_and_verified_corrections(scripted_run):
 
 
 def test_recipe_writes_pairs_and_the_cluster_report(scripted_run):
-    loaded, out, _, failures = scripted_run
-    assert write_pairs(out, loaded) == 6
+    loaded, out, result, failures = scripted_run
+    assert result.pairs_written == 6, "run_pipeline itself writes the fix/failure pairs"
     pairs = datasets.load_dataset(str(out / "pairs"), split="train")
+    assert pairs.num_rows == 6
+    assert write_pairs(out, loaded) == 6, "rebuilding them from the finished run gives the same"
     by_id = {f["id"]: f for f in failures}
     for pair in pairs:
         failure = by_id[pair["failure_id"]]
