@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -27,6 +28,15 @@ TINY_TEMPLATE = {
         "topic": ["rivers", "volcanoes", "bridges", "stars"],
     },
 }
+# The smallest recipe over TINY_TEMPLATE: scripted backend, one filter, shards of 4 prompts.
+BASE_RECIPE = {
+    "name": "test",
+    "seed": 7,
+    "templates": [{"name": "tiny", "count": 6}],
+    "backend": {"kind": "scripted", "sampling": {"n": 2, "max_tokens": 50}},
+    "stages": [{"stage": "finished"}],
+    "execution": {"shard_size": 4},
+}
 
 
 def write_yaml(path: Path, data) -> Path:
@@ -41,15 +51,7 @@ def project(tmp_path: Path):
     write_yaml(tmp_path / "templates" / "tiny.yaml", TINY_TEMPLATE)
 
     def recipe(**fields) -> Path:
-        data = {
-            "name": "test",
-            "seed": 7,
-            "templates": [{"name": "tiny", "count": 6}],
-            "backend": {"kind": "scripted", "sampling": {"n": 2, "max_tokens": 50}},
-            "stages": [{"stage": "finished"}],
-            "execution": {"shard_size": 4},
-        }
-        data.update(fields)
+        data = copy.deepcopy(BASE_RECIPE) | fields
         return write_yaml(tmp_path / "pipelines" / "recipe.yaml", data)
 
     recipe.root = tmp_path

@@ -25,16 +25,8 @@ from typing import Any, Callable
 import polars as pl
 import pytest
 
-from conftest import TINY_TEMPLATE, datagen_cli, write_yaml
+from conftest import BASE_RECIPE, TINY_TEMPLATE, datagen_cli, write_yaml
 
-BASE_RECIPE = {
-    "name": "test",
-    "seed": 7,
-    "templates": [{"name": "tiny", "count": 6}],
-    "backend": {"kind": "scripted", "sampling": {"n": 2, "max_tokens": 50}},
-    "stages": [{"stage": "finished"}],
-    "execution": {"shard_size": 4},
-}
 KEY_LOOKALIKE = "sk-live-DO-NOT-ECHO-1234567890"
 
 
