@@ -99,9 +99,11 @@ def _ensure_openmp_preload() -> None:
 
 
 def _check_backends(recipe, source: Path) -> None:
-    """Every model the recipe names (the generator's, a judge's, ...), checked before any engine
-    starts or the output directory is touched: a vllm model path exists, an openai key is set."""
+    """Every model the recipe names (the generator's, a judge's, an embedding model, ...), checked
+    before any engine starts or the output directory is touched: a vllm model path exists, an
+    openai key is set, a local embedding model folder exists."""
     from datagen.backends import check_backend
+    from datagen.paths import is_local_model_path
 
     for field, backend in recipe.backends():
         try:
@@ -109,6 +111,9 @@ def _check_backends(recipe, source: Path) -> None:
         except DatagenError as err:
             err.source = err.source or str(source)
             raise
+    for field, model in recipe.embedding_models():
+        if is_local_model_path(model) and not Path(model).is_dir():
+            raise DatagenError(f"embedding model folder not found: {model}", source, field)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -129,6 +129,13 @@ class Recipe(StrictModel):
                 found.append((f"stages[{i}].{stage.stage}.backend", backend))
         return found
 
+    def embedding_models(self) -> list[tuple[str, str]]:
+        """Every sentence-transformers model the recipe loads, with its field (collapse stages, counterexample input)."""
+        found = [(f"stages[{i}].{stage.stage}.model", stage.model) for i, stage in enumerate(self.stages) if stage.stage == "collapse"]
+        if self.input is not None:
+            found.append(("input.embedding_model", self.input.embedding_model))
+        return found
+
 
 @dataclass
 class LoadedRecipe:

@@ -164,6 +164,7 @@ CASES = [
     Case("openai_without_base_url", "{recipe}: backend: base_url: required for kind openai", recipe={"backend": {"kind": "openai", "model": "m"}}),
     # A stage's own model is checked like the generator's; its relative path starts from the recipe's folder.
     Case("judge_model_path_missing", "{recipe}: stages[0].judge.backend.model: model path does not exist: {root}/models/judge", recipe={"stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "vllm", "model": "../models/judge"}}]}, exact=True),
+    Case("collapse_model_missing", "{recipe}: stages[0].collapse.model: embedding model folder not found: {root}/models/minilm", recipe={"stages": [{"stage": "collapse", "model": "../models/minilm"}]}, exact=True),
     Case("judge_model_path_missing_run", "{recipe}: stages[0].judge.backend.model: model path does not exist: {root}/models/judge", command="run", recipe={"stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "vllm", "model": "../models/judge"}}]}, exact=True),
     Case("judge_openai_without_base_url", "{recipe}: stages[0].judge.backend: base_url: required for kind openai", recipe={"stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "openai", "model": "m"}}]}),
     Case("api_key_in_recipe", "{recipe}: backend: api_key: an API key does not belong in a recipe; export it and name the variable in api_key_env", recipe={"backend": {"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:1/v1", "api_key": KEY_LOOKALIKE}}, exact=True),
@@ -178,7 +179,7 @@ IN_PROCESS = {
     "temperature", "min_above_max_tokens", "unknown_backend", "unknown_stage_field", "label_clash", "duplicate_label",
     "stage_templates", "zero_count", "set_below_a_scalar", "jinja_unclosed_block", "sandbox_escape_format",
     "unused_slot", "where_matches_nothing", "non_utf8_template", "openai_without_base_url", "key_in_api_key_env",
-    "judge_model_path_missing_run", "judge_openai_without_base_url",
+    "judge_model_path_missing_run", "judge_openai_without_base_url", "collapse_model_missing",
 }  # fmt: skip
 
 
