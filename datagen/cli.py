@@ -98,7 +98,7 @@ def _ensure_openmp_preload() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "datagen", *sys.argv[1:]], env)
 
 
-def _check_backends(recipe, source: Path) -> None:
+def _check_models(recipe, source: Path) -> None:
     """Every model the recipe names (the generator's, a judge's, an embedding model, ...), checked
     before any engine starts or the output directory is touched: a vllm model path exists, an
     openai key is set, a local embedding model folder exists."""
@@ -123,7 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or (Path(loaded.recipe.output.dir) if loaded.recipe.output.dir else None)
     if out is None:
         raise DatagenError("no output directory: pass --out DIR or set output.dir", args.recipe, "output.dir")
-    _check_backends(loaded.recipe, args.recipe)
+    _check_models(loaded.recipe, args.recipe)
     if any(backend.kind == "vllm" for _, backend in loaded.recipe.backends()):  # a judge's engine too
         _ensure_openmp_preload()
     progress = "none" if args.no_progress else args.progress
@@ -163,7 +163,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     loaded = load_recipe(args.recipe, args.overrides)
     recipe = loaded.recipe
-    _check_backends(recipe, args.recipe)  # the same checks as `run`, for every model the recipe names
+    _check_models(recipe, args.recipe)  # the same checks as `run`, for every model the recipe names
     prompts = expand_prompts(loaded)
     for config in recipe.stages:  # building reads the files a stage needs (dedup's reference, ...); no model loads
         stage = config.build()

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from datagen.schema import StrictModel
-from datagen.shipped import ShippedYaml
+from datagen.shipped import ShippedYaml, first_repeat
 
 # Shipped constitutions, next to the package in the repository (the package is installed editable).
 CONSTITUTION_DIR = Path(__file__).resolve().parent.parent / "filters" / "constitutions"
@@ -27,11 +27,8 @@ class Constitution(StrictModel):
     @field_validator("principles")
     @classmethod
     def _unique_ids(cls, principles: list[Principle]) -> list[Principle]:
-        seen: set[str] = set()
-        for principle in principles:
-            if principle.id in seen:
-                raise ValueError(f"principle {principle.id!r} is listed twice")
-            seen.add(principle.id)
+        if (twice := first_repeat(p.id for p in principles)) is not None:
+            raise ValueError(f"principle {twice!r} is listed twice")
         return principles
 
 

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 import polars as pl
 
-from datagen.minhash import segments, sorted_unique
+from datagen.minhash import run_starts, segments, sorted_unique
 
 
 class Similarity(Protocol):
@@ -25,15 +25,15 @@ def shared_buckets(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     for band in range(keys.shape[1]):
         order = np.argsort(keys[:, band], kind="stable")
         column = keys[order, band]
-        starts = np.flatnonzero(np.concatenate(([True], column[1:] != column[:-1])))
+        starts = np.flatnonzero(run_starts(column))
         sizes = np.diff(np.append(starts, len(column)))
         run = np.repeat(np.arange(len(starts)), sizes)
         shared = sizes[run] >= 2
         runs = run[shared]
-        compact = np.cumsum(np.concatenate(([False], runs[1:] != runs[:-1]))) if len(runs) else runs
+        compact = np.cumsum(run_starts(runs)) - 1
         buckets.append(compact + next_id)
         texts.append(order[shared])
-        next_id += int(compact[-1]) + 1 if len(runs) else 0
+        next_id += int((sizes >= 2).sum())
     return np.concatenate(buckets).astype(np.int64), np.concatenate(texts).astype(np.int64)
 
 
@@ -82,20 +82,20 @@ def greedy_clusters(keys: np.ndarray, similarity: Similarity, threshold: float) 
         live[bucket[undecided[text]]] = True
         keep = live[bucket]
         bucket, text = bucket[keep], text[keep]
-        bucket = np.cumsum(np.concatenate(([False], bucket[1:] != bucket[:-1]))) if len(bucket) else bucket
+        bucket = np.cumsum(run_starts(bucket)) - 1
     return kept_of, sims
 
 
 def best_match(a: np.ndarray, b: np.ndarray, similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """For each distinct a, its pair with the highest similarity (the smallest b among equals)."""
     order = np.lexsort((b, -similarity, a))
-    first = order[np.concatenate(([True], a[order][1:] != a[order][:-1]))] if len(order) else order
+    first = order[run_starts(a[order])]
     return a[first], b[first], similarity[first]
 
 
 def _bucket_starts(bucket: np.ndarray) -> np.ndarray:
     """Entry index where each bucket starts, and the number of entries at the end."""
-    return np.flatnonzero(np.concatenate(([True], bucket[1:] != bucket[:-1], [True])))
+    return np.append(np.flatnonzero(run_starts(bucket)), len(bucket))
 
 
 def _earlier_in_bucket(flag: np.ndarray, start: np.ndarray) -> np.ndarray:

@@ -136,9 +136,16 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
+def run_starts(values: np.ndarray) -> np.ndarray:
+    """For grouped (e.g. sorted) values: True where a run of equal values begins."""
+    starts = np.ones(len(values), dtype=bool)
+    starts[1:] = values[1:] != values[:-1]
+    return starts
+
+
 def sorted_unique(values: np.ndarray) -> np.ndarray:
     values = np.sort(values)  # np.unique is many times slower than a sort for int64 here
-    return values[np.concatenate(([True], values[1:] != values[:-1]))] if len(values) else values
+    return values[run_starts(values)]
 
 
 def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, int]:
@@ -146,7 +153,7 @@ def _dense_rank(values: np.ndarray) -> tuple[np.ndarray, int]:
     order = np.argsort(values)
     ordered = values[order]
     rank = np.empty(len(values), dtype=np.int64)
-    rank[order] = np.cumsum(np.concatenate(([False], ordered[1:] != ordered[:-1])))
+    rank[order] = np.cumsum(run_starts(ordered)) - 1
     return rank, int(rank.max()) + 1 if len(rank) else 1
 
 
@@ -188,7 +195,7 @@ class MinHasher:
         if n * k < 2**32:  # sorting (cell, value) packed in one word puts each bin's minimum first
             packed = np.sort((cell << np.uint64(32)) | (h & _LOW32))
             cells = packed >> np.uint64(32)
-            first = np.concatenate(([True], cells[1:] != cells[:-1])) if len(cells) else np.zeros(0, bool)
+            first = run_starts(cells)
             sig[cells[first].astype(np.int64)] = (packed[first] & _LOW32).astype(np.uint32)
         else:
             np.minimum.at(sig, cell.astype(np.int64), (h & _LOW32).astype(np.uint32))

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, ValidationInfo, field_validator
 
 from datagen.schema import StrictModel
-from datagen.shipped import ShippedYaml
+from datagen.shipped import ShippedYaml, first_repeat
 
 # Shipped rubrics, next to the package in the repository (the package is installed editable).
 RUBRIC_DIR = Path(__file__).resolve().parent.parent / "filters" / "rubrics"
@@ -51,11 +51,8 @@ class Rubric(StrictModel):
     @field_validator("criteria")
     @classmethod
     def _unique_names(cls, criteria: list[Criterion]) -> list[Criterion]:
-        seen: set[str] = set()
-        for criterion in criteria:
-            if criterion.name in seen:
-                raise ValueError(f"criterion {criterion.name!r} is listed twice")
-            seen.add(criterion.name)
+        if (twice := first_repeat(c.name for c in criteria)) is not None:
+            raise ValueError(f"criterion {twice!r} is listed twice")
         return criteria
 
     @field_validator("weights")

@@ -5,7 +5,7 @@ path is relative to the recipe file (see datagen.paths); elsewhere to the workin
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Iterable, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -14,6 +14,16 @@ from datagen.paths import names_a_file
 from datagen.yaml_io import read_yaml
 
 Model = TypeVar("Model", bound=BaseModel)
+
+
+def first_repeat(names: Iterable[str]) -> str | None:
+    """The first name that occurs a second time, if any: entries of a shipped file are keyed by name."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 class ShippedYaml(Generic[Model]):

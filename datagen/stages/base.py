@@ -71,3 +71,10 @@ class FittedVerdicts:
         if not (found["candidate_id"] == batch["candidate_id"]).all():
             return None
         return found.drop("candidate_id")
+
+    def require(self, batch: pl.DataFrame, label: str) -> pl.DataFrame:
+        """`lookup`, for a stage that cannot decide a batch on its own once fitted."""
+        columns = self.lookup(batch)
+        if columns is None:
+            raise RuntimeError(f"stage {label!r} got rows that fit did not see")
+        return columns

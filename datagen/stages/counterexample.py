@@ -143,10 +143,7 @@ class CounterexampleStage:
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._verdicts is None:  # without fit, the batch is the whole set
             return batch.join(self._decide(batch), on="candidate_id", how="left", maintain_order="left")
-        columns = self._verdicts.lookup(batch)
-        if columns is None:
-            raise RuntimeError(f"stage {self.label!r} got rows that fit did not see")
-        return batch.hstack(columns)
+        return batch.hstack(self._verdicts.require(batch, self.label))
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
         """The cluster report: the plan's figures per cluster plus what is alive after this stage."""

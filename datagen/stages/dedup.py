@@ -251,8 +251,9 @@ class DedupStage:
             raise DatagenError(f"score column {c.score_column!r} is not among the candidate columns (does an earlier stage add it?)", None, f"{self.label}.score_column")
         views = {"completion": pl.col("completion"), "prompt": prompt_text()}
         views["both"] = pl.concat_str([views["prompt"], views["completion"]], separator="\n", ignore_nulls=True)
-        wanted = ["completion", "prompt"] if c.column == "both" else [c.column]
-        columns = [pl.col("candidate_id"), views[c.column].alias("text"), *(views[v].alias(f"view_{v}") for v in wanted)]
+        # With both, each part is also checked against the reference on its own; otherwise the text is the only view.
+        parts = ["completion", "prompt"] if c.column == "both" else []
+        columns = [pl.col("candidate_id"), views[c.column].alias("text"), *(views[v].alias(f"view_{v}") for v in parts)]
         if c.score_column is not None:
             columns.append(pl.col(c.score_column).alias("score"))
         return frame.select(columns)
@@ -260,7 +261,7 @@ class DedupStage:
     def _decide(self, rows: pl.DataFrame) -> pl.DataFrame:
         if rows["candidate_id"].n_unique() != rows.height:
             raise RuntimeError("dedup needs unique candidate_id values")
-        views = [rows[c] for c in rows.columns if c.startswith("view_")]
+        views = [rows[c] for c in rows.columns if c.startswith("view_")] or None  # None: the text itself
         scores = rows["score"] if "score" in rows.columns else None
         v = self.deduplicator.verdicts(rows["text"], scores, views)
         ids = rows["candidate_id"]
@@ -282,10 +283,7 @@ class DedupStage:
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._verdicts is None:  # without fit (a single batch used on its own), the batch is the whole data set
             return batch.hstack(self._decide(self._inputs(batch)).drop("candidate_id"))
-        columns = self._verdicts.lookup(batch)
-        if columns is None:
-            raise RuntimeError(f"stage {self.label!r} got rows that fit did not see")
-        return batch.hstack(columns)
+        return batch.hstack(self._verdicts.require(batch, self.label))
 
     def summarize(self, outputs: pl.LazyFrame) -> dict:
         k = self.label
