@@ -9,7 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, first_line
 
 EXIT_USER_ERROR = 2
 COUNTEREXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "pipelines" / "counterexamples.yaml"
@@ -311,8 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if os.environ.get("DATAGEN_DEBUG"):
             raise
-        first = (str(err).strip().splitlines() or [""])[0]
-        print(f"datagen: internal error: {type(err).__name__}: {first} (set DATAGEN_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"datagen: internal error: {type(err).__name__}: {first_line(err, '')} (set DATAGEN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 1
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, first_line
 
 DEFAULT_MODEL = "default"
 
@@ -39,8 +39,7 @@ def load_encoder(model: str = DEFAULT_MODEL, device: str = "cpu"):
     try:
         return SentenceTransformer(resolve_model(model), device=device)
     except Exception as err:  # noqa: BLE001 - missing folder, offline hub, bad weights: one line for the user
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DatagenError(f"cannot load the embedding model {model!r}: {first}", field="model") from err
+        raise DatagenError(f"cannot load the embedding model {model!r}: {first_line(err)}", field="model") from err
     finally:
         if bars:
             hf_logging.enable_progress_bar()

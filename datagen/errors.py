@@ -21,6 +21,12 @@ class DatagenError(Exception):
         return f"{where}: {self.message}" if where else self.message
 
 
+def first_line(err: BaseException, default: str | None = None) -> str:
+    """The first line of an exception's message (default: its type's name when it has none), for
+    one-line reports of errors raised by libraries."""
+    return (str(err).strip().splitlines() or [type(err).__name__ if default is None else default])[0]
+
+
 def _loc_to_path(loc: tuple) -> str:
     parts: list[str] = []
     for item in loc:

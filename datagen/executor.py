@@ -18,7 +18,7 @@ import polars as pl
 
 from datagen.backends import Backend, make_backend
 from datagen.builders import build_output
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, first_line
 from datagen.generate import generate_shard, prompts_frame
 from datagen.progress import StageProgress
 from datagen.recipe import LoadedRecipe
@@ -185,8 +185,7 @@ def _open_backend(config: BackendConfig, seed: int, source: Path) -> Backend:
             err.source = str(source)
         raise
     except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first}", source, "backend.model") from err
+        raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first_line(err)}", source, "backend.model") from err
 
 
 class ShardRunner(Protocol):

@@ -32,7 +32,7 @@ from typing import Any
 import polars as pl
 
 from datagen.backends import Backend
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, first_line
 from datagen.executor import RunResult, apply_stage, run_pipeline
 from datagen.generate import generate_shard
 from datagen.recipe import LoadedRecipe
@@ -183,8 +183,7 @@ class RayRunner:
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, ValueError, RuntimeError) as err:
-                first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                raise DatagenError(f"cannot connect to Ray at {self.address!r}: {first}", field="--address") from err
+                raise DatagenError(f"cannot connect to Ray at {self.address!r}: {first_line(err)}", field="--address") from err
             self._owns_ray = True
         from ray.data import DataContext
 

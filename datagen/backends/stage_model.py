@@ -9,7 +9,7 @@ from typing import Callable, ClassVar
 from pydantic import model_validator
 
 from datagen.backends.base import Backend, ChatRequest, Generation
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, first_line
 from datagen.schema import BackendConfig, SamplingConfig
 
 
@@ -23,10 +23,6 @@ class OneCompletionSampling(SamplingConfig):
         if self.n != 1:
             raise ValueError(f"{self.one_completion_because}: n must be 1")
         return self
-
-
-def first_line(err: BaseException, default: str = "") -> str:
-    return (str(err).strip().splitlines() or [default])[0]
 
 
 class StageModel:
@@ -47,7 +43,7 @@ class StageModel:
                 raise
             except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
                 raise DatagenError(
-                    f"cannot start the {self.stage} backend ({self.config.kind}, {self.config.model!r}): {first_line(err, type(err).__name__)}",
+                    f"cannot start the {self.stage} backend ({self.config.kind}, {self.config.model!r}): {first_line(err)}",
                     field=f"{self.label}.backend.model",
                 ) from err
         return self.backend
@@ -62,7 +58,7 @@ class StageModel:
         except DatagenError:
             raise
         except Exception as err:  # noqa: BLE001 - a broken call is a recorded verdict, not a crashed run
-            return [Generation([], 0, error=f"{type(err).__name__}: {first_line(err)}") for _ in requests]
+            return [Generation([], 0, error=f"{type(err).__name__}: {first_line(err, '')}") for _ in requests]
         if len(generations) != len(requests):
             message = f"backend returned {len(generations)} results for {len(requests)} requests"
             return [Generation([], 0, error=message) for _ in requests]

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from datagen.errors import DatagenError
+from datagen.errors import DatagenError, first_line
 from datagen.lsh import best_match, candidate_pairs, greedy_clusters
 from datagen.minhash import MinHasher, band_keys, lsh_params, pair_jaccard, shingle, sorted_unique
 from datagen.paths import InputFile
@@ -69,8 +69,7 @@ def read_table(path: Path, what: str) -> pl.DataFrame:
     try:
         frame = reader(path)
     except Exception as err:  # noqa: BLE001 - polars raises several kinds for a malformed file
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise DatagenError(f"cannot read the {what} file: {first}", path) from err
+        raise DatagenError(f"cannot read the {what} file: {first_line(err)}", path) from err
     if frame.height == 0:
         raise DatagenError(f"{what} file has no rows", path)
     return frame
