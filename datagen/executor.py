@@ -23,7 +23,7 @@ from datagen.generate import generate_shard, prompts_frame
 from datagen.progress import StageProgress
 from datagen.recipe import LoadedRecipe
 from datagen.report import write_report
-from datagen.run_dir import RunDir, atomic_write_parquet, content_key
+from datagen.run_dir import RunDir, atomic_write_parquet, content_key, file_digest
 from datagen.schema import BackendConfig
 from datagen.stages import Stage, StageConfigBase
 from datagen.templates import expand
@@ -112,6 +112,14 @@ def run_pipeline(
     stages: list[Stage] = [config.build() for config in recipe.stages]
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force)
+    try:
+        return _run(loaded, run, manifest, prompts, stages, runner, backend_factory, progress)
+    finally:
+        run.release()
+
+
+def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: pl.DataFrame, stages: list[Stage], runner: "ShardRunner", backend_factory, progress) -> RunResult:
+    recipe, out = loaded.recipe, run.out
     manifest.update(recipe=recipe.name, recipe_path=str(loaded.path))
     atomic_write_parquet(run.root / "prompts.parquet", prompts)
     size = recipe.execution.shard_size
@@ -188,6 +196,34 @@ def _open_backend(config: BackendConfig, seed: int, source: Path) -> Backend:
         raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first_line(err)}", source, "backend.model") from err
 
 
+# A column of the runner's output rows: the row's request failed for a transient reason (connection,
+# timeout, 408/429/5xx after retries), so its shard is not finished (see _run_generate).
+TRANSIENT = "_transient"
+
+
+class _Recorder:
+    """A backend as it is, that also remembers which requests of its last call failed transiently."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.model_name, self.transient = backend, backend.model_name, []
+
+    def generate(self, requests, sampling):
+        generations = self.backend.generate(requests, sampling)
+        self.transient = [bool(getattr(g, "transient", False)) for g in generations]
+        return generations
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def generate_candidates(prompts: pl.DataFrame, backend: Backend, sampling, sampling_seed: int, kind: str) -> pl.DataFrame:
+    """`generate_shard`'s candidate rows plus the TRANSIENT column."""
+    recorder = _Recorder(backend)
+    frame = generate_shard(prompts, recorder, sampling, sampling_seed, kind)
+    failed = [pid for pid, transient in zip(prompts["prompt_id"], recorder.transient) if transient]
+    return frame.with_columns(pl.col("prompt_id").is_in(failed).alias(TRANSIENT))
+
+
 class ShardRunner(Protocol):
     """Computes stage outputs for a list of shards, yielding each as it is done (in any order);
     the executor writes, counts and records them. LocalRunner here, RayRunner in ray_executor."""
@@ -195,7 +231,7 @@ class ShardRunner(Protocol):
     def generate(
         self, open_backend: Callable[[], Backend], backend: BackendConfig, sampling_seed: int, shards: list[tuple[int, pl.DataFrame]]
     ) -> Iterator[tuple[int, pl.DataFrame, float]]:
-        """(shard, candidates, seconds) per prompt shard."""
+        """(shard, candidates with the TRANSIENT column, seconds) per prompt shard (or its pending prompts)."""
         ...
 
     def filter(self, stage: Stage, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
@@ -213,7 +249,7 @@ class LocalRunner:
         try:
             for j, prompts in shards:
                 start = time.perf_counter()
-                frame = generate_shard(prompts, engine, backend.sampling, sampling_seed, backend.kind)
+                frame = generate_candidates(prompts, engine, backend.sampling, sampling_seed, backend.kind)
                 yield j, frame, time.perf_counter() - start
         finally:
             engine.close()
@@ -227,17 +263,56 @@ class LocalRunner:
 
 
 def _run_generate(loaded, run: RunDir, manifest, shards, todo, runner: ShardRunner, open_backend, progress) -> None:
+    """Generate the shards in `todo`. A shard whose earlier run left prompts `pending` (their
+    requests failed for a transient reason) only sends those prompts again and adds their rows to
+    the ones it kept, so every prompt ends up in its shard exactly once."""
     recipe = loaded.recipe
     done = manifest["stages"]["generate"]["shards"]
     n_stages = len(recipe.stages) + 1
-    results = runner.generate(open_backend, recipe.backend, recipe.sampling_seed, [(j, shards[j]) for j in todo])
-    with _progress("generate", f"[1/{n_stages}]", sum(shards[j].height for j in todo), "prompt", progress) as bar, closing(results):
+    kept: dict[int, pl.DataFrame] = {}
+    inputs = []
+    for j, key in todo.items():
+        record = done.get(str(j)) or {}
+        path = run.shard_path(0, "generate", j)
+        if record.get("key") == key and record.get("pending") and path.is_file() and file_digest(path) == record.get("digest"):
+            kept[j] = pl.read_parquet(path)
+            inputs.append((j, shards[j].filter(pl.col("prompt_id").is_in(record["pending"]))))
+        else:
+            inputs.append((j, shards[j]))
+    sizes = {j: frame.height for j, frame in inputs}
+    results = runner.generate(open_backend, recipe.backend, recipe.sampling_seed, inputs)
+    with _progress("generate", f"[1/{n_stages}]", sum(sizes.values()), "prompt", progress) as bar, closing(results):
         for j, frame, seconds in results:
-            manifest["model"] = frame["model"][0]
+            retry = frame.filter(pl.col(TRANSIENT))
+            frame = frame.filter(~pl.col(TRANSIENT)).drop(TRANSIENT)
+            if j in kept:
+                frame, seconds = _in_prompt_order(pl.concat([kept[j], frame], how="diagonal_relaxed"), shards[j]), seconds + done[str(j)]["seconds"]
+            if frame.height:
+                manifest["model"] = frame["model"][0]
             digest = atomic_write_parquet(run.shard_path(0, "generate", j), frame)
-            done[str(j)] = shard_stats("generate", shards[j], frame, seconds) | {"key": todo[j], "digest": digest}
+            record = shard_stats("generate", shards[j], frame, seconds) | {"key": todo[j], "digest": digest}
+            if retry.height:  # not finished: the next run sends exactly these prompts again
+                record |= {"pending": sorted(set(retry["prompt_id"])), "pending_error": retry["generate_error"][0]}
+            done[str(j)] = record
             run.write_manifest(manifest)
-            bar.update(shards[j].height, tokens=done[str(j)]["tokens"])
+            bar.update(sizes[j], tokens=record["tokens"])
+    pending = {j: record for j, record in done.items() if record.get("pending")}
+    if pending:
+        count = sum(len(record["pending"]) for record in pending.values())
+        first = pending[min(pending, key=int)]["pending_error"]
+        raise DatagenError(
+            f"{count} prompt(s) in {len(pending)} shard(s) failed for a transient reason ({first}); "
+            "rerun the same command to send exactly those again",
+            recipe.backend.base_url or loaded.path,
+            "backend",
+        )
+
+
+def _in_prompt_order(frame: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Rows grouped by prompt in the shard's prompt order, samples in their order within a prompt."""
+    position = {pid: i for i, pid in enumerate(prompts["prompt_id"])}
+    order = pl.col("prompt_id").replace_strict(position, return_dtype=pl.Int64)
+    return frame.with_columns(order.alias("_position")).sort(["_position", "sample_index"], maintain_order=True).drop("_position")
 
 
 def _run_filter(stage: Stage, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress, runner: ShardRunner) -> None:

@@ -33,8 +33,7 @@ import polars as pl
 
 from datagen.backends import Backend
 from datagen.errors import DatagenError, first_line
-from datagen.executor import RunResult, apply_stage, run_pipeline
-from datagen.generate import generate_shard
+from datagen.executor import RunResult, apply_stage, generate_candidates, run_pipeline
 from datagen.recipe import LoadedRecipe
 from datagen.schema import BackendConfig, SamplingConfig
 from datagen.stages import Stage, StageConfigBase
@@ -67,7 +66,7 @@ def _shards_of(table) -> Iterator[tuple[int, pl.DataFrame]]:
 def _generate(table, backend: Backend, sampling: SamplingConfig, sampling_seed: int, kind: str) -> Iterator[Any]:
     for shard, prompts in _shards_of(table):
         start = time.perf_counter()
-        frame = generate_shard(prompts, backend, sampling, sampling_seed, kind)
+        frame = generate_candidates(prompts, backend, sampling, sampling_seed, kind)  # with TRANSIENT: the driver keeps shards unfinished
         yield _tagged(frame, shard, time.perf_counter() - start)
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from datagen.builders.config import PairsConfig
 from datagen.counterexamples.config import InputConfig
+from datagen.credentials import find_secret, secret_message
 from datagen.errors import DatagenError, from_validation_error
 from datagen.generate import RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
@@ -155,6 +156,8 @@ class LoadedRecipe:
         recipe = self.recipe.model_dump(
             mode="json", include={"seed", "templates", "backend", "execution"}, exclude={"backend": connection}
         )
+        if recipe["backend"].get("system_prompt") == "keep":  # the default: runs made before the option keep their fingerprint
+            del recipe["backend"]["system_prompt"]
         h.update(json.dumps(recipe, sort_keys=True).encode())
         for name in sorted(self.templates):
             h.update(name.encode())
@@ -237,8 +240,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     for text in overrides or []:
         keys, value = parse_override(text)
         origin = f"--set {text}"
+        found = find_secret(value, ".".join(keys))
+        if found:  # named without its value, which the line must not echo
+            raise DatagenError(secret_message(found[1]), f"--set {'.'.join(keys)}", found[0])
         apply_override(data, keys, command_line_value(value), origin)  # its paths start from the working directory
         origins[".".join(keys)] = origin
+    found = find_secret(data)
+    if found:
+        raise DatagenError(secret_message(found[1]), path, found[0])
     try:
         # Path fields (datagen.paths) resolve relative paths written in the file against its folder.
         recipe = Recipe.model_validate(data, context={BASE_DIR: path.parent})

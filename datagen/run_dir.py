@@ -8,11 +8,12 @@ removed by the next run.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import re
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,18 @@ from datagen.errors import DatagenError
 
 RUN_SUBDIR = "run"
 MANIFEST = "manifest.json"
+LOCK = ".lock"
+# What datagen writes in OUT: patterns relative to OUT (run/stages/*/ holds shards, .tmp files are
+# interrupted writes). Everything else in OUT is the user's and is never removed.
+OWN_FILES = (
+    r"run/(manifest\.json|prompts\.parquet|report\.html|\.lock)",
+    r"run/stages/\d\d_[^/]+/shard-\d{5}\.parquet",
+    r"(pairs/)?(data|\.data\.tmp)/train-\d{5}-of-\d{5}\.parquet",
+    r"(pairs/)?README\.md",
+    r"(.*/)?\.[^/]+\.[0-9a-f]{12}\.tmp",
+)
+OWN_DIRS = ("run", "run/stages", "data", ".data.tmp", "pairs", "pairs/data", "pairs/.data.tmp")
+CARD_MARKER = "\n- datagen\n"  # the card's YAML header lists the tag 'datagen' (datagen.writer)
 KEY_CHARS = 20
 
 
@@ -111,6 +124,7 @@ class RunDir:
         self.out = out
         self.root = out / RUN_SUBDIR
         self.manifest_path = self.root / MANIFEST
+        self._lock_fd: int | None = None
 
     def stage_dir(self, index: int, label: str) -> Path:
         return self.root / "stages" / f"{index:02d}_{label}"
@@ -134,19 +148,49 @@ class RunDir:
         atomic_write_bytes(self.manifest_path, json.dumps(manifest, indent=1, sort_keys=True).encode())
 
     def shard_done(self, index: int, label: str, shard: int, record: dict[str, Any] | None, key: str) -> bool:
-        """Finished: recorded for this very input, and the file is the one that was recorded."""
-        if not record or record.get("key") != key or "digest" not in record:
+        """Finished: recorded for this very input, with no prompt left pending (a request that failed
+        for a transient reason), and the file is the one that was recorded."""
+        if not record or record.get("key") != key or "digest" not in record or record.get("pending"):
             return False
         path = self.shard_path(index, label, shard)
         return path.is_file() and file_digest(path) == record["digest"]
 
     def prepare(self, fingerprint: str, force: bool) -> dict[str, Any]:
-        """Open the output directory for this recipe: resume its own run, refuse anyone else's."""
+        """Open the output directory for this recipe: resume its own run, refuse anyone else's.
+
+        Takes the run's lock (see `lock`), held until `release`. Only datagen's own files are
+        ever removed (`remove_own_files`): a folder that holds no run is refused even with
+        `force`, and the user's files next to a run are left as they are.
+
+        Raises DatagenError: OUT is a file, holds no run but other files, holds a run of another
+        recipe (without `force`), holds a file where datagen writes its dataset, is locked by
+        another run, or cannot be written.
+        """
         out = self.out
         if out.exists() and not out.is_dir():
             raise DatagenError("output path exists and is not a directory", out)
+        is_run = self.manifest_path.is_file()
+        if not is_run and _foreign_entries(out):
+            hint = "--force only replaces a datagen run; " if force else ""
+            raise DatagenError(f"output directory is not empty and holds no datagen run; {hint}choose another --out", out)
         try:
-            manifest = self.read_manifest() if out.exists() else None
+            self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / ".write-test"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as err:
+            raise DatagenError(f"cannot write to the output directory ({err.strerror})", out) from None
+        self.lock()
+        try:
+            return self._open(fingerprint, force)
+        except BaseException:
+            self.release()
+            raise
+
+    def _open(self, fingerprint: str, force: bool) -> dict[str, Any]:
+        out = self.out
+        try:
+            manifest = self.read_manifest()
         except DatagenError:
             if not force:
                 raise
@@ -155,24 +199,41 @@ class RunDir:
             raise DatagenError(
                 "holds a run of a different recipe (or changed templates); use --force to replace it, or another --out", out
             )
-        if manifest is None and not force and _foreign_entries(out):
-            raise DatagenError("output directory is not empty and holds no datagen run; choose another --out", out)
-        if out.exists() and (manifest is None or manifest.get("fingerprint") != fingerprint) and (force or manifest is not None):
-            for child in out.iterdir():  # replaced: --force, or a run of another recipe that finished nothing
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        stranger = _stranger_in_dataset(out)
+        if stranger is not None:
+            raise DatagenError(
+                "holds a file datagen did not write where it writes the dataset; move it away (datagen replaces data/, pairs/ and README.md)",
+                stranger,
+            )
+        if manifest is None or manifest.get("fingerprint") != fingerprint:
+            # Replaced: --force, or a run of another recipe that finished nothing.
+            remove_own_files(out)
             manifest = None
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise DatagenError(f"cannot write to the output directory ({err.strerror})", out) from None
         self._remove_temporaries()
         if manifest is None:
             return {"fingerprint": fingerprint, "stages": {}, "complete": False}
         manifest["complete"] = False  # until this run has written its dataset again
         return manifest
+
+    def lock(self) -> None:
+        """An exclusive advisory lock (fcntl.flock) on OUT/run/.lock, so that a second run into the
+        same directory stops at once instead of interleaving its shards with this one's. Released
+        by `release` or when the process ends, however it ends."""
+        if self._lock_fd is not None:
+            return
+        path = self.root / LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DatagenError("another datagen run is writing to this directory; wait for it to finish or choose another --out", self.out) from None
+        self._lock_fd = fd
+
+    def release(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = None
 
     def _remove_temporaries(self) -> None:
         """Leftovers of writes that a killed run did not finish (never recorded anywhere)."""
@@ -181,12 +242,75 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
 
+def _own(relative: str) -> bool:
+    return any(re.fullmatch(pattern, relative) for pattern in OWN_FILES)
+
+
+def _is_card(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8192).decode("utf-8", "replace")
+    except OSError:
+        return False
+    return head.startswith("---\n") and CARD_MARKER in head
+
+
+def _stranger_in_dataset(out: Path) -> Path | None:
+    """A file of the user's where the writer replaces the dataset (data/, pairs/, README.md)."""
+    for name in ("README.md", "pairs/README.md"):
+        if (out / name).exists() and not ((out / name).is_file() and _is_card(out / name)):
+            return out / name
+    for folder in ("data", "pairs", "pairs/data", ".data.tmp", "pairs/.data.tmp"):
+        if (out / folder).is_symlink() or ((out / folder).exists() and not (out / folder).is_dir()):
+            return out / folder
+        for path in sorted((out / folder).glob("*")) if (out / folder).is_dir() else []:
+            relative = path.relative_to(out).as_posix()
+            if not (_own(relative) or relative.rstrip("/") in OWN_DIRS) or path.is_symlink():
+                return path
+    return None
+
+
+def _own_dirs(out: Path) -> list[Path]:
+    """The folders datagen writes in, deepest first (run/stages/NN_label before run/stages)."""
+    stages = out / "run" / "stages"
+    found = [p for p in stages.iterdir() if p.is_dir() and not p.is_symlink() and re.fullmatch(r"\d\d_[^/]+", p.name)] if stages.is_dir() and not stages.is_symlink() else []
+    return found + [out / d for d in sorted(OWN_DIRS, key=lambda d: -d.count("/"))]
+
+
+def remove_own_files(out: Path) -> list[Path]:
+    """Remove what datagen wrote in OUT (OWN_FILES; a README.md only if it is datagen's card),
+    then the folders that this leaves empty; returns what was removed. Anything else (the user's
+    files, also inside run/ or data/) stays, with the folders that hold it. Symbolic links are
+    never followed."""
+    removed: list[Path] = []
+    if not out.is_dir():
+        return removed
+    for folder in [out, *_own_dirs(out)]:
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            relative = path.relative_to(out).as_posix()
+            if not path.is_symlink() and path.is_file() and _own(relative) and (not relative.endswith("README.md") or _is_card(path)):
+                path.unlink()
+                removed.append(path)
+    for folder in _own_dirs(out):
+        if not folder.is_symlink() and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+            removed.append(folder)
+    return removed
+
+
 def _has_work(manifest: dict[str, Any]) -> bool:
     return any(entry["shards"] for entry in manifest["stages"].values())
 
 
 def _foreign_entries(out: Path) -> list[Path]:
-    """What the output directory holds besides an empty run directory left by a failed start."""
+    """What the output directory holds besides a run directory left by a failed start (empty, or
+    only its lock)."""
     if not out.is_dir():
         return []
-    return [p for p in out.iterdir() if not (p.name == RUN_SUBDIR and p.is_dir() and not any(p.iterdir()))]
+
+    def leftover(p: Path) -> bool:
+        return p.name == RUN_SUBDIR and p.is_dir() and not p.is_symlink() and all(q.name in (LOCK, ".write-test") for q in p.iterdir())
+
+    return [p for p in out.iterdir() if not leftover(p)]

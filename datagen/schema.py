@@ -54,6 +54,9 @@ class BackendConfig(StrictModel):
     timeout_s: float = Field(600.0, gt=0, description="seconds per attempt")
     # Sent as extra JSON fields of every request: server-specific parameters (vLLM: top_k, ...).
     extra_body: dict[str, Any] = Field(default_factory=dict)
+    system_prompt: Literal["keep", "fold"] = Field(
+        "keep", description="openai: 'fold' sends the system message as the start of the first user turn (servers without a system role)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -80,6 +83,8 @@ class BackendConfig(StrictModel):
                 raise ValueError("model: name the model the server serves (the 'embedded' model is only for kind vllm)")
         else:
             stray = [name for name in OPENAI_ONLY_FIELDS if getattr(self, name)]  # set to something, not left empty
+            if self.system_prompt != "keep":
+                stray.append("system_prompt")
             if stray:
                 raise ValueError(f"{stray[0]}: only used with kind openai")
         return self

@@ -402,3 +402,148 @@ def test_every_row_arrives_exactly_once_through_drops_429s_500s_and_stalls(serve
             "the rows are the server's complete answer to that request, not a cut or mixed one"
         )
         assert group["generate_keep"].all() and group["sample_index"].to_list() == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# A fake server (tests/fake_openai_server.py, stdlib only): crashes and refusals
+
+
+FAKE_SERVER = Path(__file__).with_name("fake_openai_server.py")
+
+
+class FakeServer:
+    """The fake chat server in a subprocess on a fixed loopback port, so that it can die and come back."""
+
+    def __init__(self, port: int, log: Path):
+        self.port, self.log, self.proc = port, log, None
+
+    def start(self, *options: str) -> "FakeServer":
+        self.proc = subprocess.Popen([sys.executable, str(FAKE_SERVER), str(self.port), str(self.log), *options], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "ready"
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+        if self.proc is not None:
+            self.proc.wait(10)
+            self.proc.stdout.close()
+
+    def events(self, event: str) -> list[str]:
+        lines = self.log.read_text().splitlines() if self.log.exists() else []
+        return [json.loads(line)["prompt"] for line in lines if json.loads(line)["event"] == event]
+
+
+@pytest.fixture
+def fake(tmp_path):
+    servers: list[FakeServer] = []
+
+    def make(log_name: str = "server.jsonl") -> FakeServer:
+        server = FakeServer(free_port(), tmp_path / log_name)
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+def run_cli(*args) -> tuple[int, str]:
+    import contextlib
+    import io
+
+    from datagen.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main([str(a) for a in args])
+    return code, err.getvalue()
+
+
+def fake_recipe(project, port: int, **backend) -> Path:
+    return project(
+        templates=[{"name": "tiny", "count": 12}],
+        backend={"kind": "openai", "model": "m", "base_url": f"http://127.0.0.1:{port}/v1", "max_retries": 0,
+                 "max_concurrency": 1, "timeout_s": 10, "sampling": {"n": 2, "max_tokens": 20}} | backend,
+        execution={"shard_size": 5},  # 12 prompts: shards of 5, 5, 2
+    )
+
+
+def as_sent(messages: list[dict]) -> str:
+    return " | ".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def user_turns(out: Path) -> list[str]:
+    prompts = pl.read_parquet(out / "run" / "prompts.parquet")
+    return [as_sent(m) for m in prompts["messages"].to_list()]
+
+
+@pytest.mark.parametrize("die_after", [7, 2])
+def test_a_server_killed_mid_shard_leaves_it_unfinished_and_the_rerun_sends_exactly_the_rest(project, fake, die_after):
+    """7: the server dies in the middle of the second shard (the third then fails whole); 2: in the
+    middle of the first. The rerun against a fresh server sends exactly the prompts that got no
+    answer, once each, and the dataset has every prompt's samples exactly once."""
+    server = fake().start("--die-after", str(die_after))
+    recipe, out = fake_recipe(project, server.port), project.root / "out"
+    code, err = run_cli("run", recipe, "--out", out, "--no-progress")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "rerun the same command" in err
+    first = server.events("answered")
+    assert len(first) == die_after and len(set(first)) == die_after
+    manifest = json.loads((out / "run" / "manifest.json").read_text())
+    assert not manifest["complete"] and not (out / "data").exists()
+
+    server.stop()
+    again = fake("again.jsonl").start()
+    code, err = run_cli("run", fake_recipe(project, again.port), "--out", out, "--no-progress")  # same recipe but the port
+    assert code == 0, err
+    every = user_turns(out)
+    second = again.events("request")
+    assert sorted(second) == sorted(set(every) - set(first)), "exactly the prompts without an answer, once each"
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    contents = [as_sent(m[:-1]) for m in rows["messages"].to_list()]  # the SFT row ends with the answer
+    assert Counter(contents) == {p: 2 for p in every}, "every prompt's two samples, exactly once"
+    assert sorted(m[-1]["content"] for m in rows["messages"].to_list()) == sorted(f"echo: {p} #{i}" for p in every for i in range(2))
+
+
+@pytest.mark.parametrize("status,message", [(400, "system role not supported"), (401, "invalid api key"), (403, "forbidden model"),
+                                            (404, "no such route"), (422, "messages: field required")])
+def test_a_server_that_refuses_every_request_stops_after_the_first_shard(project, fake, status, message):
+    server = fake().start("--status", str(status), "--message", message)
+    recipe, out = fake_recipe(project, server.port), project.root / "out"
+    code, err = run_cli("run", recipe, "--out", out, "--no-progress")
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1, err
+    assert f"http_{status}: {message}" in lines[0] and f"http://127.0.0.1:{server.port}/v1" in lines[0]
+    assert len(server.events("request")) == 5, "the first shard's five requests, no more"
+    if status == 400:
+        assert "backend.system_prompt: fold" in lines[0]
+
+
+def test_a_transient_status_is_retried_by_the_rerun_and_a_permanent_one_is_recorded(project, fake):
+    """429 and 503 leave the shard unfinished (the run stops); a 4xx after successes is the row's."""
+    for status in (429, 503):
+        server = fake(f"{status}.jsonl").start("--status", str(status), "--message", "slow down")
+        code, err = run_cli("run", fake_recipe(project, server.port), "--out", project.root / f"out{status}", "--no-progress")
+        assert code == 2 and "every one of 5 requests failed (http_" in err, err
+        server.stop()
+
+
+def test_fold_puts_the_system_message_into_the_first_user_turn(project, fake):
+    from datagen.backends.openai_backend import fold_system
+
+    messages = [{"role": "system", "content": "You are a poet."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
+                {"role": "user", "content": "Again"}]
+    assert fold_system(messages) == [{"role": "user", "content": "You are a poet.\n\nHi"}, {"role": "assistant", "content": "Yo"},
+                                     {"role": "user", "content": "Again"}]
+    assert messages[1]["content"] == "Hi", "the caller's messages are not changed"
+    assert fold_system(messages[1:]) == messages[1:]
+    config = BackendConfig(kind="openai", base_url="http://127.0.0.1:1/v1", model="m", system_prompt="fold")
+    params = request_params(config, SamplingConfig(), ChatRequest(messages[:2], seed=1))
+    assert params["messages"] == [{"role": "user", "content": "You are a poet.\n\nHi"}]
+    with pytest.raises(ValueError, match="system_prompt: only used with kind openai"):
+        BackendConfig(kind="scripted", system_prompt="fold")
+    server = fake().start()
+    code, err = run_cli("run", fake_recipe(project, server.port, system_prompt="fold"), "--out", project.root / "out", "--no-progress")
+    assert code == 0, err
+    assert all(p.startswith("user: You are ") and "\n\nTell me about" in p for p in server.events("request"))

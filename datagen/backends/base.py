@@ -29,6 +29,9 @@ class Generation:
     prompt_tokens: int
     # Set when this request failed on its own (the rest of the batch is still valid).
     error: str | None = None
+    # With an error: it may pass on a later try (connection, timeout, 408/429/5xx after the retries),
+    # so the shard holding it is not finished and a rerun sends the request again.
+    transient: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 

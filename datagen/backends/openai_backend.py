@@ -3,8 +3,12 @@
 Requests go out concurrently (at most `max_concurrency` in flight) through the `openai` client,
 which retries 408/409/429/5xx answers, timeouts and dropped connections with exponential backoff
 and jitter (and honours Retry-After). A request that still fails becomes an error on its own
-Generation, so one bad prompt never crashes a run; only a batch in which every request failed
-for transient reasons stops the run (the server is gone), and rerunning resumes it.
+Generation, so one bad prompt never crashes a run. The error is transient (connection, timeout,
+408/429/5xx: the shard stays unfinished and a rerun sends the request again) or permanent (any
+other 4xx, a body that is not a chat completion: recorded on its row). Two cases stop the run
+with one line: a batch in which every request failed for transient reasons (the server is gone;
+rerunning resumes), and a server that refuses every request before it has answered any (HTTP
+400 "system role not supported", 401, 404 ...: every further shard would fail the same way).
 
 The client runs on an event loop in a thread of its own, so `generate` can be called from any
 thread, also one that already runs an event loop.
@@ -23,6 +27,9 @@ from datagen.schema import BackendConfig, SamplingConfig
 
 # Sent when the config names no key variable: local servers ignore it, the client insists on one.
 NO_KEY = "EMPTY"
+# HTTP statuses below 500 that a later try may not meet (timeout, rate limit); every other 4xx is
+# permanent: the same request gets the same answer.
+TRANSIENT_STATUS = (408, 429)
 # How long close() waits for the loop to wind down its connections.
 CLOSE_TIMEOUT_S = 5.0
 
@@ -36,10 +43,25 @@ def api_key(config: BackendConfig) -> str:
     return value
 
 
+def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The system messages folded into the first user turn ("SYSTEM\n\nUSER"), for servers whose chat
+    template has no system role; messages without a system message are returned as they are."""
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    rest = [dict(m) for m in messages if m["role"] != "system"]
+    if not system:
+        return list(messages)
+    first_user = next((m for m in rest if m["role"] == "user"), None)
+    if first_user is None:
+        return [{"role": "user", "content": "\n\n".join(system)}] + rest
+    first_user["content"] = "\n\n".join(system + [first_user["content"]])
+    return rest
+
+
 def request_params(config: BackendConfig, sampling: SamplingConfig, request: ChatRequest) -> dict[str, Any]:
+    messages = fold_system(request.messages) if config.system_prompt == "fold" else request.messages
     params: dict[str, Any] = {
         "model": config.model,
-        "messages": request.messages,
+        "messages": messages,
         "n": sampling.n,
         "temperature": sampling.temperature,
         "top_p": sampling.top_p,
@@ -93,10 +115,12 @@ class OpenAIBackend:
         self.config = config
         self.model_name = config.model
         key = api_key(config)
+        self._key = key if key != NO_KEY else None  # never written into a row: servers echo keys in errors
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="datagen-openai", daemon=True)
         self._thread.start()
         self._semaphore: asyncio.Semaphore | None = None
+        self._answered = False  # whether any request has succeeded yet
         self.client = self._call(self._make_client(key))
         try:
             self._call(self._check_server())
@@ -138,35 +162,48 @@ class OpenAIBackend:
     def generate(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
         if not requests:
             return []
-        generations, transient = zip(*self._call(self._generate_all(requests, sampling)))
-        if all(transient):
+        generations = self._call(self._generate_all(requests, sampling))
+        if all(g.transient for g in generations):
             raise DatagenError(
                 f"every one of {len(requests)} requests failed ({generations[0].error}); rerun the same command to resume",
                 self.config.base_url,
                 "backend.base_url",
             )
+        if any(g.error is None for g in generations):
+            self._answered = True
+        elif not self._answered and not any(g.transient for g in generations):
+            hint = "; if the server takes no system message, set backend.system_prompt: fold" if "system" in generations[0].error.lower() else ""
+            raise DatagenError(
+                f"the server refused every request of the first batch ({len(requests)}): {generations[0].error}{hint}",
+                self.config.base_url,
+                "backend",
+            )
         return list(generations)
 
-    async def _generate_all(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[tuple[Generation, bool]]:
+    async def _generate_all(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
         return await asyncio.gather(*(self._generate_one(r, sampling) for r in requests))
 
-    async def _generate_one(self, request: ChatRequest, sampling: SamplingConfig) -> tuple[Generation, bool]:
-        """One request's Generation, and whether it failed for a transient reason (after all retries)."""
+    async def _generate_one(self, request: ChatRequest, sampling: SamplingConfig) -> Generation:
+        """One request's Generation; `transient` when it failed for a reason that a later try may not
+        meet (after all retries): connection, timeout, HTTP 408/429/5xx."""
         openai, config = self.openai, self.config
         assert self._semaphore is not None
         async with self._semaphore:
             try:
                 response = await self.client.chat.completions.create(**request_params(config, sampling, request))
             except openai.APITimeoutError:
-                return Generation([], 0, error=f"timeout: no answer within {config.timeout_s:g} s, {config.max_retries} retries"), True
+                return Generation([], 0, error=f"timeout: no answer within {config.timeout_s:g} s, {config.max_retries} retries", transient=True)
             except openai.APIConnectionError as err:
-                return Generation([], 0, error=f"connection: {_short(err.message)}"), True
+                return Generation([], 0, error=f"connection: {_short(err.message)}", transient=True)
             except openai.APIStatusError as err:
-                transient = err.status_code in (408, 409, 429) or err.status_code >= 500
-                return Generation([], 0, error=f"http_{err.status_code}: {_short(_server_message(err))}"), transient
+                transient = err.status_code in TRANSIENT_STATUS or err.status_code >= 500
+                return Generation([], 0, error=f"http_{err.status_code}: {_short(self._scrub(_server_message(err)))}", transient=transient)
             except Exception as err:  # noqa: BLE001 - e.g. a body that is not a chat completion
-                return Generation([], 0, error=f"bad_response: {type(err).__name__}: {_short(err)}"), False
-        return self._read(response, sampling), False
+                return Generation([], 0, error=f"bad_response: {type(err).__name__}: {_short(self._scrub(str(err)))}")
+        return self._read(response, sampling)
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._key, "[API key]") if self._key else text
 
     def _read(self, response, sampling: SamplingConfig) -> Generation:
         choices = sorted(response.choices or [], key=lambda c: c.index)
