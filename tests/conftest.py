@@ -1,48 +1,21 @@
+"""Fixtures only; what tests share otherwise lives in tests/helpers.py."""
+
 from __future__ import annotations
 
 import copy
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-REPO = Path(__file__).resolve().parent.parent
-TEMPLATES = REPO / "templates"
-PIPELINES = REPO / "pipelines"
+from helpers import BASE_RECIPE, PIPELINES, REPO, TEMPLATES, TINY_TEMPLATE, datagen_cli, write_yaml  # noqa: E402
 
-TINY_TEMPLATE = {
-    "id": "tiny",
-    "description": "test template",
-    "system": "You are {{ persona }}.",
-    "user": "Tell me about {{ topic }} at a {{ difficulty }} level.",
-    "slots": {
-        "persona": ["a pirate", "a poet", "a teacher"],
-        "difficulty": ["easy", "hard"],
-        "topic": ["rivers", "volcanoes", "bridges", "stars"],
-    },
-}
-# The smallest recipe over TINY_TEMPLATE: scripted backend, one filter, shards of 4 prompts.
-BASE_RECIPE = {
-    "name": "test",
-    "seed": 7,
-    "templates": [{"name": "tiny", "count": 6}],
-    "backend": {"kind": "scripted", "sampling": {"n": 2, "max_tokens": 50}},
-    "stages": [{"stage": "finished"}],
-    "execution": {"shard_size": 4},
-}
-
-
-def write_yaml(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+# Re-exported for test files that still import them from conftest; new code imports from helpers.
+__all__ = ["BASE_RECIPE", "PIPELINES", "REPO", "TEMPLATES", "TINY_TEMPLATE", "datagen_cli", "write_yaml"]
 
 
 @pytest.fixture
@@ -58,7 +31,14 @@ def project(tmp_path: Path):
     return recipe
 
 
-def datagen_cli(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
-    """The installed console entry point, as a user runs it."""
-    exe = Path(sys.executable).with_name("datagen")
-    return subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Groups for pytest-xdist's `--dist loadgroup` (set in pyproject's addopts): every test that
+    runs the real model is in one group, so two vLLM engines (each takes every core and 2-4 GB)
+    never run at once; every other test stays with its module, so a module-scoped fixture (a whole
+    run shared by the module's tests) is built once, not once per worker. Runs before xdist reads
+    the groups; without xdist the marks do nothing."""
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            group = "model" if item.get_closest_marker("model") else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))

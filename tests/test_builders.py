@@ -14,27 +14,13 @@ from datagen.builders.pairs import build_pairs, pair_stats
 from datagen.errors import DatagenError
 from datagen.executor import run_pipeline
 from datagen.recipe import load_recipe
+from helpers import NO_ANSWER, QUESTION, RIGHT, RIGHT_TOO, WRONG, WRONG_TOO, candidate_frame
 
-QUESTION = [
-    {"role": "system", "content": "You are a patient tutor."},
-    {"role": "user", "content": "A train travels 180 km in 2.5 hours. What is its speed in km/h?"},
-]
-RIGHT = "Speed is distance over time: 180 km / 2.5 h = 72 km/h. The answer is \\boxed{72}."
-RIGHT_TOO = "Divide the distance by the time. 180 divided by 2.5 gives 72, so the train goes \\boxed{72} km/h."
-WRONG = "The train covers 180 km, and 180 times 2.5 is 450, so the speed is \\boxed{450} km/h."
-WRONG_TOO = "Each hour it goes 180 km, so after 2.5 hours the speed is \\boxed{180} km/h."
-NO_ANSWER = "Trains are a fast and comfortable way to travel between cities in most countries."
 
 
 def frame(rows: list[dict]) -> pl.DataFrame:
     """Candidates as the last stage leaves them: every row, kept or dropped, with verdict columns."""
-    base = {"template_id": "math", "persona": "tutor", "difficulty": "easy", "model": "scripted", "messages": QUESTION, "dropped_by": None}
-    filled = []
-    for i, row in enumerate(rows):
-        row = base | row
-        row.setdefault("candidate_id", f"{row['prompt_id']}-{i}")
-        filled.append(row)
-    return pl.DataFrame(filled, infer_schema_length=None)
+    return candidate_frame(rows)
 
 
 def texts(pairs: pl.DataFrame, side: str) -> list[str]:
@@ -51,7 +37,7 @@ def verified_rows(prompt: str = "p") -> list[dict]:
         {"prompt_id": prompt, "completion": WRONG, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
         {"prompt_id": prompt, "completion": NO_ANSWER, "keep": False, "verify_keep": False, "verify_reason": "no_answer"},
         # cut off before the verifier: never a side of a pair
-        {"prompt_id": prompt, "completion": "Speed is distance over", "keep": False, "verify_keep": None, "verify_reason": None},
+        {"prompt_id": prompt, "completion": "One hour has 60 minutes, so", "keep": False, "verify_keep": None, "verify_reason": None},
         # passed the verifier but dropped later (a duplicate): not alive, so never chosen
         {"prompt_id": prompt, "completion": WRONG_TOO, "keep": False, "verify_keep": True, "verify_reason": None, "dropped_by": "dedup"},
     ]
@@ -65,7 +51,7 @@ def test_verified_pairs_a_passing_alive_candidate_with_a_failed_one():
     assert pairs["rejected_verdict"].to_list() == ["wrong_answer", "no_answer"]
     assert pairs["chosen_verdict"].to_list() == ["keep", "keep"]
     assert pairs["prompt"].to_list() == [QUESTION, QUESTION]
-    assert pairs["strategy"].to_list() == ["verified"] * 2 and pairs["persona"].to_list() == ["tutor"] * 2
+    assert pairs["strategy"].to_list() == ["verified"] * 2 and pairs["persona"].to_list() == ["a patient tutor"] * 2
     assert tally.prompts == 1 and tally.with_pairs == 1
 
 
@@ -88,7 +74,7 @@ def test_prompts_without_a_passing_or_a_failing_candidate_give_no_pair():
 
 
 def test_identical_and_near_duplicate_sides_are_never_paired():
-    long_right = RIGHT + " To check, 72 km/h for 2.5 hours is 72 x 2.5 = 180 km, which matches the distance in the problem."
+    long_right = RIGHT + " To check, 210 minutes divided by 60 is 3.5 hours, which matches the time given in the problem."
     rows = [
         {"prompt_id": "p", "completion": long_right, "keep": True, "verify_keep": True, "verify_reason": None},
         # same text failed once (a flaky timeout): twins must never become a pair
@@ -105,7 +91,7 @@ def test_identical_and_near_duplicate_sides_are_never_paired():
 
 
 def test_length_ratio_limit():
-    rambling = WRONG + " " + " ".join(["Trains were invented in the nineteenth century and changed how people travel."] * 6)
+    rambling = WRONG + " " + " ".join(["Sundials were the first clocks, and they told the time by the shadow of a stick."] * 6)
     rows = [
         {"prompt_id": "p", "completion": RIGHT, "keep": True, "verify_keep": True, "verify_reason": None},
         {"prompt_id": "p", "completion": rambling, "keep": False, "verify_keep": False, "verify_reason": "wrong_answer"},
@@ -196,8 +182,8 @@ def test_pairwise_uses_only_order_consistent_wins_of_alive_candidates():
 
 
 def test_critique_revision_pairs_the_revision_against_its_original():
-    better = "Speed is distance divided by time: 180 km / 2.5 h = 72 km/h. Check: 72 x 2.5 = 180. \\boxed{72}"
-    steps = [f"In step {n} I multiplied {n * 180} kilometres by {n} and wrote the result in row {n} of my table." for n in range(1, 9)]
+    better = "Each hour has 60 minutes: 3.5 x 60 = 210 minutes. Check: 210 / 60 = 3.5 hours. \\boxed{210}"
+    steps = [f"In step {n} I multiplied {n * 60} minutes by {n} and wrote the result in row {n} of my table." for n in range(1, 9)]
     long_original = WRONG + " " + " ".join(steps)  # ~140 words: one changed word leaves Jaccard above 0.9
     rows = [
         {"prompt_id": "revised", "completion": WRONG, "revise_revision": better, "revise_error": None},
@@ -205,12 +191,12 @@ def test_critique_revision_pairs_the_revision_against_its_original():
         {"prompt_id": "one_word", "completion": long_original, "revise_revision": long_original.replace("row 4", "line 4"), "revise_error": None},
         {"prompt_id": "failed", "completion": WRONG, "revise_revision": None, "revise_error": "revision: cut off at max_tokens"},
     ]
-    rows = [r | {"keep": True, "revise_principle": "honest", "revise_critique": "The speed is wrong."} for r in rows]
+    rows = [r | {"keep": True, "revise_principle": "honest", "revise_critique": "The minutes are wrong."} for r in rows]
     pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="critique_revision"))
     assert pairs["prompt_id"].to_list() == ["revised"]
     assert texts(pairs, "chosen") == [better] and texts(pairs, "rejected") == [WRONG]
     row = pairs.row(0, named=True)
-    assert (row["principle"], row["critique"], row["chosen_verdict"], row["rejected_verdict"]) == ("honest", "The speed is wrong.", "revision", "original")
+    assert (row["principle"], row["critique"], row["chosen_verdict"], row["rejected_verdict"]) == ("honest", "The minutes are wrong.", "revision", "original")
     assert row["chosen_id"] == row["rejected_id"] == "revised-0"
     assert dict(tally.without_pairs) == {"all_skipped": 2, "no_revision": 1}
     assert dict(tally.skipped) == {"identical": 1, "near_duplicate": 1}

@@ -10,14 +10,13 @@ import pytest
 from pydantic import ValidationError
 from scipy.sparse.csgraph import connected_components
 
-from datagen.backends.scripted import ScriptedBackend
 from datagen.embeddings import connected_labels, encode, load_encoder, similar_pairs
 from datagen.errors import DatagenError
 from datagen.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
 from datagen.stages.collapse import CollapseConfig
 
-from conftest import datagen_cli
+from helpers import ScriptedModel, candidate_frame, datagen_cli
 
 NILE = "The Nile is the longest river in Africa and flows north into the Mediterranean Sea."
 NILE_PARAPHRASE = "Flowing north into the Mediterranean, the Nile is Africa's longest river."
@@ -66,12 +65,11 @@ def encoder():
 
 def candidates(outputs: list[tuple[str, str, str | None, list[str]]]) -> pl.DataFrame:
     """Rows like generate writes them, from (prompt_id, template_id, persona, [completions])."""
-    rows = [
-        {"prompt_id": pid, "template_id": tid, "persona": persona, "sample_index": k, "candidate_id": f"{pid}-{k}", "completion": text}
+    return candidate_frame(
+        {"prompt_id": pid, "template_id": tid, "persona": persona, "sample_index": k, "completion": text}
         for pid, tid, persona, texts in outputs
         for k, text in enumerate(texts)
-    ]
-    return pl.DataFrame(rows).with_columns(keep=pl.lit(True), dropped_by=pl.lit(None, dtype=pl.String))
+    )
 
 
 def fit_stage(frame: pl.DataFrame, **config):
@@ -106,19 +104,11 @@ def test_paraphrased_siblings_are_dropped_and_distinct_siblings_kept(encoder):
 
 
 def test_healthy_diverse_run_passes_and_reports(project):
-    class DiverseBackend(ScriptedBackend):
-        """Every completion of the run is a different real sentence."""
-
-        def __init__(self):
-            super().__init__([])
-            self.pool = iter(DIVERSE)
-
-        def _text(self, request, index):
-            return next(self.pool)
+    pool = iter(DIVERSE)  # every completion of the run is a different real sentence
 
     out = project.root / "out"
     path = project(stages=[{"stage": "collapse", "min_group_size": 4, "max_collapse_rate": 0.1}])
-    result = run_pipeline(load_recipe(path), out, progress=False, backend_factory=DiverseBackend)
+    result = run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: ScriptedModel(reply=lambda request, index: next(pool)))
 
     assert result.rows_written == 12
     summary = {s["stage"]: s for s in result.stage_stats}["collapse"]["summary"]

@@ -20,7 +20,7 @@ import polars as pl
 import pytest
 import yaml
 
-from conftest import PIPELINES, TEMPLATES, datagen_cli, write_yaml
+from helpers import PIPELINES, TEMPLATES, datagen_cli, train_dpo, write_yaml
 from datagen.answers import equivalent, extract_answer, parse_reference
 from datagen.backends.base import Completion, Generation
 from datagen.backends.scripted import ScriptedBackend
@@ -469,8 +469,6 @@ def test_validate_reports_a_bad_failures_file_given_with_set(tmp_path, capsys):
 
 @pytest.mark.model
 def test_cpu_default_run_loads_with_datasets_and_its_pairs_train_with_dpo(tmp_path):
-    from test_trl import train_dpo
-
     out = tmp_path / "out"
     result = datagen_cli("counterexamples", FAILURES, "--budget", "8", "--train", TRAIN, "--out", out, "--no-progress",
                          "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256")

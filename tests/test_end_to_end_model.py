@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+from collections import Counter
 
 import datasets
 import polars as pl
 import pytest
 
-from conftest import PIPELINES, datagen_cli
+from helpers import PIPELINES, datagen_cli
 from datagen.answers import equivalent, extract_answer, parse_reference
 
 pytestmark = pytest.mark.model
@@ -34,7 +36,7 @@ def test_quickstart_writes_a_dataset_of_real_model_text(quickstart):
         assert assistant["role"] == "assistant" and len(assistant["content"].split()) >= 5
         assert "SmolLM2-135M" in row["model"] and row["backend"] == "vllm"
         assert row["persona"] and row["slots"] and row["completion_tokens"] > 0 and row["sample_seed"] is not None
-        assert 1 <= row["judge_score"] and row["judge_score"] >= 2, "judge min_score applied"
+        assert 2 <= row["judge_score"] <= 5, "judge min_score 2 applied, on the rubric's 1-5 scale"
 
 
 def test_every_stage_ran_and_the_card_counts_rows_and_reasons(quickstart):
@@ -49,10 +51,14 @@ def test_every_stage_ran_and_the_card_counts_rows_and_reasons(quickstart):
     candidates = pl.read_parquet(out / "run" / "stages" / "07_judge" / "*.parquet")
     assert candidates.height == 96
     dropped = candidates.filter(~pl.col("keep")).group_by("dropped_by").len()
+    assert dropped.height > 0, "the real model's output is filtered by some stage"
     for stage, count in dropped.rows():
         reasons = candidates.filter(pl.col("dropped_by") == stage)[f"{stage}_reason"]
         assert reasons.null_count() == 0, f"every drop by {stage} has a reason"
-        assert f"| {stage} |" in card and str(count) in card
+        row = re.search(rf"^\| {stage} \| \d+ \| \d+ \| (\d+) \| (.*) \|$", card, re.M)
+        assert row is not None and int(row[1]) == count, (stage, count)
+        for reason, n in Counter(reasons).items():
+            assert f"{reason}: {n}" in row[2], (stage, reason, n)
 
 
 def test_kept_math_rows_have_verified_answers(quickstart):

@@ -6,23 +6,13 @@ import datasets
 import polars as pl
 import pytest
 
-from datagen.backends.scripted import ScriptedBackend
 from datagen.errors import DatagenError
 from datagen.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
 from datagen.stages.length import LengthConfig, LengthStage
+from helpers import ScriptedModel, candidate_frame, write_yaml
 
 RESPONSES = ["short", "A fine answer, number {index}, passes the bar.", "one two three four five six seven eight nine ten eleven"]
-
-
-class CountingBackend(ScriptedBackend):
-    def __init__(self, responses):
-        super().__init__(responses)
-        self.requests = 0
-
-    def generate(self, requests, sampling):
-        self.requests += len(requests)
-        return super().generate(requests, sampling)
 
 
 def recipe_with_filters(project, **extra):
@@ -86,7 +76,7 @@ def test_prompt_completion_format(project):
 def test_rerun_skips_finished_shards(project):
     path = recipe_with_filters(project)
     out = project.root / "out"
-    first = CountingBackend(RESPONSES)
+    first = ScriptedModel(RESPONSES)
     run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: first)
     before = (out / "data").iterdir().__next__().read_bytes()
     # Simulate a crash after generation of shard 0: drop everything recorded after it.
@@ -96,7 +86,7 @@ def test_rerun_skips_finished_shards(project):
     manifest["stages"]["length"]["shards"].clear()
     manifest["complete"] = False
     manifest_path.write_text(json.dumps(manifest))
-    second = CountingBackend(RESPONSES)
+    second = ScriptedModel(RESPONSES)
     run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: second)
     assert first.requests == 6 and second.requests == 2, "only the unfinished shard is generated again"
     assert (out / "data").iterdir().__next__().read_bytes() == before
@@ -122,12 +112,8 @@ def test_foreign_output_directory_is_refused(project, tmp_path):
 
 
 def test_apply_stage_only_sees_alive_rows():
-    batch = pl.DataFrame({
-        "completion": ["long enough text", "tiny", "also long enough", "x"],
-        "completion_tokens": [3, 1, 3, 1],
-        "keep": [True, True, False, True],
-        "dropped_by": [None, None, "finished", None],
-    })
+    rows = [("long enough text", True, None), ("tiny", True, None), ("also long enough", False, "finished"), ("x", True, None)]
+    batch = candidate_frame({"completion": text, "keep": keep, "dropped_by": by} for text, keep, by in rows)
     seen = {}
 
     class Spy:
@@ -177,13 +163,13 @@ def test_stage_hooks_fit_summarize_close(project, monkeypatch):
 def test_changed_filter_reruns_filters_not_generation(project):
     path = recipe_with_filters(project)
     out = project.root / "out"
-    first = CountingBackend(RESPONSES)
+    first = ScriptedModel(RESPONSES)
     a = run_pipeline(load_recipe(path), out, progress=False, backend_factory=lambda: first)
-    second = CountingBackend(RESPONSES)
+    second = ScriptedModel(RESPONSES)
     b = run_pipeline(load_recipe(path, ["stages.1.min_chars=0"]), out, progress=False, backend_factory=lambda: second)
     assert second.requests == 0, "generation is reused"
     assert b.rows_written > a.rows_written, "the relaxed filter was applied"
-    third = CountingBackend(RESPONSES)
+    third = ScriptedModel(RESPONSES)
     c = run_pipeline(load_recipe(path, ["stages=[{stage: finished}]"]), out, progress=False, backend_factory=lambda: third)
     assert third.requests == 0 and c.rows_written == b.rows_written
     assert sorted(p.name for p in (out / "run" / "stages").iterdir()) == ["00_generate", "01_finished"]
@@ -193,8 +179,6 @@ def test_changed_filter_reruns_filters_not_generation(project):
 def test_stage_limited_to_templates_leaves_other_rows_untouched(project):
     out = project.root / "out"
     math = {"id": "other", "user": "Say {{ word }}.", "slots": {"word": ["a", "b", "c"]}, "expansion": {"mode": "product"}}
-    from conftest import write_yaml
-
     write_yaml(project.root / "templates" / "other.yaml", math)
     path = recipe_with_filters(project, templates=[{"name": "tiny", "count": 6}, {"name": "other"}])
     loaded = load_recipe(path, ["stages.1.templates=[other]"])

@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from conftest import TINY_TEMPLATE, datagen_cli, write_yaml
+from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
 from datagen.cli import main
 from datagen.executor import run_pipeline, summarize
 from datagen.progress import StageProgress

@@ -8,51 +8,48 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from datagen.backends.scripted import ScriptedBackend
 from datagen.constitutions import load_constitution, shipped_constitutions
 from datagen.errors import DatagenError
 from datagen.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
 from datagen.schema import BackendConfig
 from datagen.stages.revise import ReviseConfig, ReviseStage, clean_revision
+from helpers import QUESTION, RIGHT, Call, ScriptedModel, candidate_frame
 
-QUESTION = [{"role": "user", "content": "How do I reset a GFCI outlet in my bathroom?"}]
-REFUSAL = "I'm sorry, but I can't help with electrical work. Please contact a professional."
-VAGUE = "Outlets can be reset. There are buttons on them. Look at the outlet."
-FIXED = "Press the RESET button in the middle of the outlet until it clicks. If it trips again at once, unplug everything on it and call an electrician."
+# Refusing a plain arithmetic question is the over-refusal the constitution is for.
+REFUSAL = "I'm sorry, but I can't help with homework questions. Please ask your teacher instead."
+VAGUE = "Hours are made of minutes. There are quite a lot of them. Look at a clock."
+FIXED = RIGHT
 
 
-class TurnReader(ScriptedBackend):
-    """Critiques and revises the way a model reading the conversation would: per answer, per turn."""
+def turn_reader(revisions: dict[str, str], fail_revisions: bool = False) -> ScriptedModel:
+    """Critiques and revises the way a model reading the conversation would: per answer, per turn;
+    with `fail_revisions` the revision call raises, as a dying engine does."""
 
-    def __init__(self, revisions: dict[str, str], fail_revisions: bool = False):
-        super().__init__([])
-        self.revisions = revisions
-        self.fail_revisions = fail_revisions
-        self.calls: list[list] = []
-
-    def _text(self, request, index):
+    def reply(request, index):
         asked = request.messages[-1]["content"]
         original = request.messages[len(QUESTION)]["content"]
         if asked.startswith("Critique request:"):
             return "" if original == "" else f"The answer '{original[:20]}' does not do what was asked."
         assert asked.startswith("Revision request:") and request.messages[-2]["role"] == "assistant"
-        return self.revisions[original]
+        return revisions[original]
 
-    def generate(self, requests, sampling):
-        self.calls.append((requests, sampling))
-        if self.fail_revisions and requests[0].messages[-1]["content"].startswith("Revision request:"):
-            raise RuntimeError("engine died\nsecond line")
-        return super().generate(requests, sampling)
+    class Reader(ScriptedModel):
+        def generate(self, requests, sampling):
+            if fail_revisions and requests[0].messages[-1]["content"].startswith("Revision request:"):
+                self.calls.append(Call(list(requests), sampling))
+                raise RuntimeError("engine died\nsecond line")
+            return super().generate(requests, sampling)
+
+    return Reader(reply=reply)
 
 
 def candidates(*answers: str) -> pl.DataFrame:
-    rows = [{"candidate_id": f"p-{i}", "prompt_id": "p", "messages": QUESTION, "completion": a} for i, a in enumerate(answers)]
-    return pl.DataFrame(rows)
+    return candidate_frame({"completion": a} for a in answers)
 
 
 def run(batch, revisions, **config):
-    backend = TurnReader(revisions, config.pop("fail_revisions", False))
+    backend = turn_reader(revisions, config.pop("fail_revisions", False))
     stage = ReviseStage(ReviseConfig(**config), backend_factory=lambda: backend)
     return stage(batch), backend, stage
 
@@ -68,22 +65,24 @@ def test_shipped_constitution_has_helpful_harmless_honest_and_over_refusal():
 def test_critique_then_revision_per_candidate_in_two_calls():
     out, backend, _ = run(candidates(REFUSAL, VAGUE), {REFUSAL: "Revised response: " + FIXED, VAGUE: FIXED}, principles=["over_refusal"])
     assert out["revise_revision"].to_list() == [FIXED, FIXED], "the 'Revised response:' label is removed"
-    assert out["revise_critique"].to_list()[0].startswith("The answer 'I'm sorry, but I can'")
+    assert out["revise_critique"].to_list()[0] == f"The answer '{REFUSAL[:20]}' does not do what was asked."
     assert out["revise_principle"].to_list() == ["over_refusal", "over_refusal"]
     assert out["revise_error"].to_list() == [None, None] and out["revise_keep"].all()
     (critiques, critique_sampling), (revisions, revision_sampling) = backend.calls
     assert len(critiques) == len(revisions) == 2, "one call per turn for the whole batch"
     assert critique_sampling.max_tokens == 128 and revision_sampling.max_tokens == 256
     first = revisions[0].messages
-    assert first[:2] == QUESTION + [{"role": "assistant", "content": REFUSAL}]
-    assert "refuses, deflects" in first[2]["content"] and first[3]["role"] == "assistant" and first[3]["content"] == out["revise_critique"][0]
-    assert critiques[0].seed != revisions[0].seed != critiques[1].seed
+    turn = len(QUESTION)
+    assert first[: turn + 1] == QUESTION + [{"role": "assistant", "content": REFUSAL}]
+    assert "refuses, deflects" in first[turn + 1]["content"]
+    assert first[turn + 2] == {"role": "assistant", "content": out["revise_critique"][0]}
+    assert len({critiques[0].seed, critiques[1].seed, revisions[0].seed}) == 3, "every request has its own seed"
 
 
 def test_failures_are_recorded_never_fatal():
-    parrot = "The answer 'Outlets can be reset' does not do what was asked."  # the critique, repeated
-    out, _, stage = run(candidates(REFUSAL, VAGUE, "", FIXED), {REFUSAL: "   ", VAGUE: parrot, FIXED: FIXED + " Test it monthly."})
-    assert out["revise_revision"].to_list() == [None, None, None, FIXED + " Test it monthly."]
+    parrot = f"The answer '{VAGUE[:20]}' does not do what was asked."  # the critique, repeated
+    out, _, stage = run(candidates(REFUSAL, VAGUE, "", FIXED), {REFUSAL: "   ", VAGUE: parrot, FIXED: FIXED + " Check: 210 / 60 = 3.5 hours."})
+    assert out["revise_revision"].to_list() == [None, None, None, FIXED + " Check: 210 / 60 = 3.5 hours."]
     assert out["revise_error"].to_list() == ["revision: empty", "revision: repeats the critique", "critique: empty", None]
     assert out["revise_keep"].all(), "on_error: keep by default"
 
@@ -93,7 +92,7 @@ def test_failures_are_recorded_never_fatal():
 
 
 def test_a_revision_cut_off_at_max_tokens_is_an_error():
-    long_fix = " ".join(["Press the reset button firmly."] * 20)
+    long_fix = " ".join(["Multiply 3.5 by 60 to get 210."] * 20)
     out, _, _ = run(candidates(VAGUE), {VAGUE: long_fix}, sampling={"max_tokens": 30})
     assert out["revise_revision"].to_list() == [None] and out["revise_error"].to_list() == ["revision: cut off at max_tokens"]
 
@@ -114,7 +113,7 @@ def test_principles_are_drawn_per_candidate_seeded_and_restricted():
 def test_summary_counts_revisions_errors_and_principles():
     batch = candidates(REFUSAL, VAGUE, "")
     out, _, stage = run(batch, {REFUSAL: REFUSAL, VAGUE: FIXED}, principles=["helpful"])
-    merged = apply_stage(stage, batch.with_columns(pl.lit(True).alias("keep"), pl.lit(None, pl.String).alias("dropped_by")))
+    merged = apply_stage(stage, batch)
     summary = stage.summarize(merged.lazy())
     assert summary["revised"] == 2 and summary["errors"] == 1 and summary["unchanged"] == 1
     assert summary["error_kinds"] == {"critique: empty": 1} and summary["principles"] == {"helpful": 3}

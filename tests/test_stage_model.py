@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import polars as pl
 import pytest
 from pydantic import ValidationError
 
@@ -13,21 +12,9 @@ from datagen.errors import DatagenError
 from datagen.schema import BackendConfig, SamplingConfig
 from datagen.stages.judge import JudgeConfig, JudgeSamplingConfig, JudgeStage
 from datagen.stages.revise import ReviseConfig, ReviseSamplingConfig, ReviseStage
+from helpers import ANSWER, RIGHT, RIGHT_TOO, WRONG, CountingFactory, ScriptedModel, samples_frame
 
-QUESTION = [{"role": "user", "content": "How many minutes are in 3.5 hours?"}]
 ONE = SamplingConfig(n=1, max_tokens=20)
-
-
-class Counted(ScriptedBackend):
-    started = 0
-
-    def __init__(self, responses):
-        super().__init__(responses)
-        Counted.started += 1
-        self.closed = False
-
-    def close(self):
-        self.closed = True
 
 
 def requests(*texts: str) -> list[ChatRequest]:
@@ -35,18 +22,18 @@ def requests(*texts: str) -> list[ChatRequest]:
 
 
 def test_opened_on_the_first_request_once_and_closed_after():
-    Counted.started = 0
-    model = StageModel(lambda: Counted(["210 minutes."]), "judge", "quality", BackendConfig(kind="scripted"))
-    assert model.ask([], ONE) == [] and Counted.started == 0, "no rows, no engine"
+    factory = CountingFactory(lambda: ScriptedModel([f"{ANSWER} minutes."]))
+    model = StageModel(factory, "judge", "quality", BackendConfig(kind="scripted"))
+    assert model.ask([], ONE) == [] and factory.started == [], "no rows, no engine"
     first = model.ask(requests("a", "b"), ONE)
     assert [g.completions[0].text for g in first] == ["210 minutes.", "210 minutes."]
     model.ask(requests("c"), ONE)
-    backend = model.backend
-    assert Counted.started == 1
+    [backend] = factory.started
+    assert backend.requests == 3 and not backend.closed
     model.close()
     assert backend.closed and model.backend is None
     model.ask(requests("d"), ONE)
-    assert Counted.started == 2, "a closed model opens again when asked"
+    assert len(factory.started) == 2 and factory.started[1] is not backend, "a closed model opens again when asked"
 
 
 class Raising(ScriptedBackend):
@@ -73,7 +60,7 @@ def test_a_failing_call_is_an_error_per_request_but_a_user_error_is_raised():
     # The openai backend's way to say the server is gone: the run stops, to be resumed, rather than
     # recording an error verdict for every row of every shard that follows.
     gone = DatagenError("every one of 2 requests failed (connection: refused); rerun the same command to resume", field="backend.base_url")
-    batch = pl.DataFrame([{"candidate_id": f"p-{i}", "prompt_id": "p", "messages": QUESTION, "completion": "210"} for i in range(2)])
+    batch = samples_frame({"p": [RIGHT, RIGHT_TOO]})
     for stage in (JudgeStage(JudgeConfig(rubric="helpfulness"), backend_factory=lambda: Raising(gone)),
                   ReviseStage(ReviseConfig(), backend_factory=lambda: Raising(gone))):
         with pytest.raises(DatagenError, match="rerun the same command to resume"):
@@ -85,7 +72,7 @@ def test_a_backend_that_cannot_start_names_the_stage_and_its_field():
         raise OSError("model weights not found at /models/reviser\ndetail")
 
     stage = ReviseStage(ReviseConfig(name="fix", backend={"kind": "vllm", "model": "/models/reviser"}), backend_factory=cannot_start)
-    batch = pl.DataFrame([{"candidate_id": "p-0", "prompt_id": "p", "messages": QUESTION, "completion": "230"}])
+    batch = samples_frame({"p": [WRONG]})
     with pytest.raises(DatagenError, match=r"cannot start the revise backend \(vllm, '/models/reviser'\): model weights not found at /models/reviser$") as caught:
         stage(batch)
     assert caught.value.field == "fix.backend.model"

@@ -5,24 +5,19 @@ embedded model through the CLI, and TRL's own trainers load each output as it is
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
 import datasets
 import pytest
 
-from conftest import PIPELINES, datagen_cli
-from datagen.backends.embedded import embedded_model_dir
+from helpers import PIPELINES, assert_two_steps, datagen_cli, load_embedded_model, train_dpo, trainer_args
 
 pytestmark = pytest.mark.model
 
 MESSAGE = {"role": datasets.Value("string"), "content": datasets.Value("string")}
 PAIR_METADATA = ["strategy", "chosen_id", "rejected_id", "chosen_score", "rejected_score", "margin", "chosen_verdict",
                  "rejected_verdict", "prompt_id", "template_id", "persona", "difficulty", "model"]
-# Room for the shipped templates' prompts (under 250 tokens) plus part of each answer: TRL cuts the
-# answers (keep_start) but drops no row. Training cost on CPU grows with it (~1 TFLOP a step at 700).
-MAX_LENGTH = 320
 
 
 def run_recipe(name: str, out: Path, *overrides: str) -> Path:
@@ -44,51 +39,6 @@ def constitutional(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def rejection_sft(tmp_path_factory) -> Path:
     return run_recipe("rejection_sft", tmp_path_factory.mktemp("rsft") / "out")
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Two steps on one thread: ~20 s on an idle 2-core machine (11 s on two threads), but ~30 s
-    instead of ~130 s when the cores are shared with other jobs (OpenMP threads wait on each other)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def load_model():
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = embedded_model_dir()
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
-
-
-def trainer_args(config_class, out: Path):
-    return config_class(
-        output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=2, logging_steps=1,
-        learning_rate=1e-5, use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no",
-        max_length=MAX_LENGTH, seed=0, dataloader_num_workers=0,
-    )
-
-
-def assert_two_steps(trainer) -> None:
-    trainer.train()
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    assert trainer.state.global_step == 2 and len(losses) == 2
-    assert all(math.isfinite(loss) for loss in losses), losses
-
-
-def train_dpo(ds: datasets.Dataset, out: Path):
-    from trl import DPOConfig, DPOTrainer
-
-    model, tokenizer = load_model()
-    trainer = DPOTrainer(model=model, args=trainer_args(DPOConfig, out), train_dataset=ds, processing_class=tokenizer)
-    assert len(trainer.train_dataset) == ds.num_rows, "TRL dropped rows it could not use"
-    assert_two_steps(trainer)
-    return trainer
 
 
 def check_conversational_pairs(ds: datasets.Dataset, strategy: str) -> None:
@@ -162,7 +112,7 @@ def test_rejection_sft_recipe_trains_with_trl_sft(rejection_sft, tmp_path):
         if row["template_id"] == "math_word_problems":  # verified: the answer matches the reference
             assert equivalent(parse_reference(row["reference"]), extract_answer(row["messages"][-1]["content"]))
 
-    model, tokenizer = load_model()
+    model, tokenizer = load_embedded_model()
     trainer = SFTTrainer(model=model, args=trainer_args(SFTConfig, tmp_path / "sft"), train_dataset=ds, processing_class=tokenizer)
     assert len(trainer.train_dataset) == ds.num_rows
     assert_two_steps(trainer)

@@ -14,7 +14,7 @@ from datagen.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
 from datagen.stages.vote import VoteConfig, pass_at_k
 
-from conftest import write_yaml
+from helpers import candidate_frame, write_yaml
 
 HALF = [
     "Half of the 10 coins land heads, so the probability is \\boxed{1/2}.",
@@ -26,13 +26,12 @@ HALF = [
 
 
 def candidates(prompts: dict[str, tuple[str | None, list[str]]]) -> pl.DataFrame:
-    """One row per completion, prompt by prompt, sample_index in order."""
-    rows = [
+    """One row per completion, prompt by prompt, sample_index in order: {prompt_id: (reference, texts)}."""
+    return candidate_frame(
         {"prompt_id": pid, "sample_index": i, "completion": text, "reference": reference}
         for pid, (reference, texts) in prompts.items()
         for i, text in enumerate(texts)
-    ]
-    return pl.DataFrame(rows, schema={"prompt_id": pl.String, "sample_index": pl.Int64, "completion": pl.String, "reference": pl.String})
+    )
 
 
 def closed_form(n: int, c: int, k: int) -> float:
@@ -72,12 +71,15 @@ def test_equivalent_forms_are_one_answer_class():
 
 
 def test_tie_goes_to_the_earliest_sample_and_rows_keep_their_order():
-    batch = pl.DataFrame({
-        "prompt_id": ["pairs", "other", "pairs", "pairs", "other", "pairs"],
-        "sample_index": [2, 0, 0, 3, 1, 1],
-        "completion": ["Two pairs make \\boxed{4}.", "It is \\boxed{9}.", "Counting once gives \\boxed{3}.", "So \\boxed{3}.", "Answer: 9", "Again \\boxed{4}."],
-        "reference": [None, "9", None, None, "9", None],
-    })
+    rows = [
+        ("pairs", 2, "Two pairs make \\boxed{4}.", None),
+        ("other", 0, "It is \\boxed{9}.", "9"),
+        ("pairs", 0, "Counting once gives \\boxed{3}.", None),
+        ("pairs", 3, "So \\boxed{3}.", None),
+        ("other", 1, "Answer: 9", "9"),
+        ("pairs", 1, "Again \\boxed{4}.", None),
+    ]
+    batch = candidate_frame({"prompt_id": p, "sample_index": i, "completion": c, "reference": r} for p, i, c, r in rows)
     out = VoteConfig().build()(batch)
     assert out.select("prompt_id", "sample_index").equals(batch.select("prompt_id", "sample_index"))
     pairs = out.filter(pl.col("prompt_id") == "pairs")

@@ -1,0 +1,243 @@
+"""What the tests share: paths, the tiny template and base recipe, candidate rows built from the
+real row schema (datagen.generate.CANDIDATE_SCHEMA), a scripted model that records its calls, a
+backend factory that counts what it starts, canned completions to one question, the installed CLI
+and TRL's trainers. Tests import from here; tests/conftest.py holds only fixtures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import polars as pl
+import yaml
+
+from datagen.backends import ChatRequest, Generation
+from datagen.backends.scripted import ScriptedBackend
+from datagen.generate import CANDIDATE_SCHEMA
+from datagen.schema import SamplingConfig
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "templates"
+PIPELINES = REPO / "pipelines"
+
+# --- a project on disk ---------------------------------------------------------------------------
+
+TINY_TEMPLATE = {
+    "id": "tiny",
+    "description": "test template",
+    "system": "You are {{ persona }}.",
+    "user": "Tell me about {{ topic }} at a {{ difficulty }} level.",
+    "slots": {
+        "persona": ["a pirate", "a poet", "a teacher"],
+        "difficulty": ["easy", "hard"],
+        "topic": ["rivers", "volcanoes", "bridges", "stars"],
+    },
+}
+# The smallest recipe over TINY_TEMPLATE: scripted backend, one filter, shards of 4 prompts.
+BASE_RECIPE = {
+    "name": "test",
+    "seed": 7,
+    "templates": [{"name": "tiny", "count": 6}],
+    "backend": {"kind": "scripted", "sampling": {"n": 2, "max_tokens": 50}},
+    "stages": [{"stage": "finished"}],
+    "execution": {"shard_size": 4},
+}
+
+
+def write_yaml(path: Path, data: Any) -> Path:
+    """Write `data` as YAML at `path` (parents created) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def datagen_cli(*args: Any, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    """The installed console entry point, as a user runs it (stdout/stderr captured as text)."""
+    exe = Path(sys.executable).with_name("datagen")
+    return subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
+
+
+# --- one question and canned answers to it -------------------------------------------------------
+
+QUESTION = [
+    {"role": "system", "content": "You are a patient tutor."},
+    {"role": "user", "content": "How many minutes are in 3.5 hours?"},
+]
+ANSWER = "210"  # 3.5 x 60
+RIGHT = "One hour has 60 minutes, so 3.5 hours is 3.5 x 60 = 210 minutes. The answer is \\boxed{210}."
+RIGHT_TOO = "Multiply the hours by 60: 3.5 times 60 gives 210, so 3.5 hours hold \\boxed{210} minutes."
+WRONG = "3.5 hours is 3 hours and 50 minutes, so it makes 3 x 60 + 50 = \\boxed{230} minutes in all."
+WRONG_TOO = "An hour has 100 minutes, so 3.5 hours is 3.5 x 100 = 350 minutes. The answer is \\boxed{350}."
+NO_ANSWER = "Clocks and calendars help people plan their days and keep their appointments on time."
+
+# --- candidate rows from the real schema ---------------------------------------------------------
+
+# What the executor adds to every candidate row: alive or not, and the stage that dropped it.
+ROW_SCHEMA = CANDIDATE_SCHEMA | {"keep": pl.Boolean, "dropped_by": pl.String}
+
+
+def candidate_row(prompt_id: str = "p", sample_index: int = 0, completion: str | None = RIGHT, **fields: Any) -> dict:
+    """One candidate as generate writes it and the executor carries it (every ROW_SCHEMA column),
+    alive, for QUESTION; `fields` override any column or add stage columns (`verify_keep`, ...)."""
+    row = {name: None for name in ROW_SCHEMA} | {
+        "prompt_id": prompt_id,
+        "template_id": "math",
+        "messages": QUESTION,
+        "slots": "{}",
+        "persona": "a patient tutor",
+        "difficulty": "easy",
+        "seed": 7,
+        "candidate_id": f"{prompt_id}-{sample_index}",
+        "sample_index": sample_index,
+        "sample_seed": 1,
+        "completion": completion,
+        "finish_reason": "stop",
+        "prompt_tokens": 12,
+        "completion_tokens": None if completion is None else len(completion.split()),
+        "model": "scripted",
+        "backend": "scripted",
+        "sampling": "{}",
+        "generate_keep": True,
+        "keep": True,
+    }
+    row |= fields
+    if "candidate_id" not in fields:
+        row["candidate_id"] = f"{row['prompt_id']}-{row['sample_index']}"
+    return row
+
+
+def candidate_frame(rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
+    """Candidate rows as one frame: ROW_SCHEMA's types for its columns, other (stage) columns inferred
+    over all rows. A row given as a partial mapping is completed by candidate_row; a row without a
+    sample_index gets its position among the rows of its prompt."""
+    seen: dict[str, int] = {}
+    full = []
+    for row in rows:
+        row = dict(row)
+        prompt_id = row.setdefault("prompt_id", "p")
+        row.setdefault("sample_index", seen.get(prompt_id, 0))
+        seen[prompt_id] = row["sample_index"] + 1
+        full.append(candidate_row(**row))
+    if not full:
+        return pl.DataFrame(schema=ROW_SCHEMA)
+    return pl.DataFrame(full, schema_overrides=ROW_SCHEMA, infer_schema_length=None)
+
+
+def samples_frame(samples: Mapping[str, list[str]], **fields: Any) -> pl.DataFrame:
+    """`{prompt_id: [completion, ...]}` as candidates, prompt by prompt, sample_index in order;
+    `fields` (a reference, a template_id, ...) are set on every row."""
+    return candidate_frame(
+        {"prompt_id": pid, "sample_index": i, "completion": text} | fields for pid, texts in samples.items() for i, text in enumerate(texts)
+    )
+
+
+# --- scripted models that record what they were asked -------------------------------------------
+
+
+class Call(NamedTuple):
+    requests: list[ChatRequest]
+    sampling: SamplingConfig
+
+
+class ScriptedModel(ScriptedBackend):
+    """The scripted backend, recording every generate call; `reply(request, index) -> text` answers
+    by reading the request (the way a model reading it would) instead of picking a canned response."""
+
+    def __init__(self, responses: Iterable[str] = (), reply: Callable[[ChatRequest, int], str] | None = None):
+        super().__init__(list(responses))
+        self.reply = reply
+        self.calls: list[Call] = []
+        self.closed = False
+
+    @property
+    def requests(self) -> int:
+        """Requests asked so far, over all calls."""
+        return sum(len(call.requests) for call in self.calls)
+
+    def _text(self, request: ChatRequest, index: int) -> str:
+        return self.reply(request, index) if self.reply is not None else super()._text(request, index)
+
+    def generate(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
+        self.calls.append(Call(list(requests), sampling))
+        return super().generate(requests, sampling)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class CountingFactory:
+    """A `backend_factory` that records every backend it starts (`started`)."""
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+        self.started: list[Any] = []
+
+    def __call__(self):
+        backend = self.make()
+        self.started.append(backend)
+        return backend
+
+    @property
+    def requests(self) -> int:
+        """Requests asked of all the backends started, for those that count them (ScriptedModel)."""
+        return sum(backend.requests for backend in self.started)
+
+
+# --- TRL's trainers on the embedded model (imported lazily: torch is slow to load) ---------------
+
+# Room for the shipped templates' prompts (under 250 tokens) plus part of each answer: TRL cuts the
+# answers (keep_start) but drops no row. Training cost on CPU grows with it (~1 TFLOP a step at 700).
+TRL_MAX_LENGTH = 320
+
+
+def load_embedded_model():
+    """The embedded SmolLM2-135M as a float32 transformers model and its tokenizer."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from datagen.backends.embedded import embedded_model_dir
+
+    path = embedded_model_dir()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+def trainer_args(config_class, out: Path):
+    """Two optimizer steps on CPU, batch 1, nothing saved or reported."""
+    return config_class(
+        output_dir=str(out), per_device_train_batch_size=1, gradient_accumulation_steps=1, max_steps=2, logging_steps=1,
+        learning_rate=1e-5, use_cpu=True, bf16=False, fp16=False, report_to="none", save_strategy="no",
+        max_length=TRL_MAX_LENGTH, seed=0, dataloader_num_workers=0,
+    )
+
+
+def assert_two_steps(trainer) -> None:
+    """Train on one torch thread and check that both steps ran and logged a finite loss. One
+    thread: ~20 s on an idle 2-core machine (11 s on two), but ~30 s instead of ~130 s when the
+    cores are shared with other jobs (OpenMP threads wait on each other)."""
+    import math
+
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer.train()
+    finally:
+        torch.set_num_threads(before)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert trainer.state.global_step == 2 and len(losses) == 2
+    assert all(math.isfinite(loss) for loss in losses), losses
+
+
+def train_dpo(ds, out: Path):
+    """TRL's DPOTrainer on `ds` as it is, two steps; fails if TRL drops a row it cannot use."""
+    from trl import DPOConfig, DPOTrainer
+
+    model, tokenizer = load_embedded_model()
+    trainer = DPOTrainer(model=model, args=trainer_args(DPOConfig, out), train_dataset=ds, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == ds.num_rows, "TRL dropped rows it could not use"
+    assert_two_steps(trainer)
+    return trainer
