@@ -9,6 +9,13 @@ VENV="${DATAGEN_VENV:-.venv}"
 EXTRA="${DATAGEN_EXTRA:-cpu}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
+# The python_tests verifier's sandbox: bubblewrap (Debian package), installed when missing.
+if ! command -v bwrap >/dev/null; then
+  sudo=""; [ "$(id -u)" = 0 ] || sudo="sudo -n"
+  { $sudo apt-get update -qq && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; } \
+    || echo "datagen: bubblewrap could not be installed; the python_tests verifier will refuse to run" >&2
+fi
+
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
 PY="$VENV/bin/python"
 stamp="$VENV/.datagen-install"

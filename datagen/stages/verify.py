@@ -1,7 +1,8 @@
 """Rejection sampling: each candidate is checked by the verifier chosen for its template.
 
 Verifiers: `math` (final answer vs reference, by math-verify equivalence), `regex`, `json_schema`,
-`exact` / `contains`, `python_tests` (candidate code plus the template's tests in the sandbox) and
+`exact` / `contains`, `python_tests` (the template's tests, evaluated by datagen on the plain-data
+results of the candidate's functions, which run in the bubblewrap sandbox) and
 `none`. A verifier that breaks on one row fails that row with `verifier_error`; the run goes on.
 """
 
@@ -11,7 +12,6 @@ import ast
 import json
 import os
 import re
-import secrets
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,8 @@ from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_valid
 
 from datagen.answers import equivalent, final_answer, parse_reference
 from datagen.paths import InputFile
-from datagen.sandbox import SandboxLimits, run_python
+from datagen.sandbox import MAXIMA, SandboxLimits, bwrap_path, call_functions
+from datagen.sandbox.suite import Suite, TestsError
 from datagen.schema import StrictModel
 from datagen.stages.base import StageConfigBase
 
@@ -252,46 +253,85 @@ def extract_code(completion: str, tests: str) -> str | None:
     return (defining or blocks)[-1]
 
 
+MAX_CALL_ROUNDS = 4  # sandbox runs per candidate: one, plus one per nesting level of candidate calls
+
+
+def _limit(default: float, name: str, description: str, ge: float | None = None):
+    """A sandbox limit: finite, positive (or >= ge), at most datagen.sandbox.MAXIMA[name]."""
+    bounds = {"ge": ge} if ge is not None else {"gt": 0}
+    return Field(default, le=MAXIMA[name], allow_inf_nan=False, description=f"{description} (at most {MAXIMA[name]})", **bounds)
+
+
 class PythonTestsVerifier(StrictModel):
+    """The template's tests against the candidate's code, decided outside the candidate's reach.
+
+    The tests are parsed and evaluated by datagen (datagen.sandbox.suite); only the calls of the
+    candidate's functions run, with plain-data arguments, in the bubblewrap sandbox, which
+    returns plain data. Nothing the candidate prints, exits with or patches can turn a failure
+    into a pass. Reasons: tests_failed (a failed assert, an exception, a syntax error, a value
+    that is not plain data), tests_not_run (the program ended before answering), timeout,
+    memory, killed, sandbox_error, and verifier_error for tests this verifier cannot evaluate.
+    """
+
     kind: Literal["python_tests"] = "python_tests"
-    cpu_seconds: float = Field(5, gt=0)
-    wall_seconds: float = Field(10, gt=0)
-    memory_mb: int = Field(512, ge=64, description="address space; the interpreter alone needs tens of MB")
-    file_size_mb: int = Field(16, ge=1)
-    max_processes: int = Field(32, ge=1)
-    output_chars: int = Field(20000, ge=200, description="stdout/stderr kept; the end of stdout must survive")
-    workers: int | None = Field(None, ge=1, description="candidates run at once; the usable cores when unset")
+    cpu_seconds: float = _limit(5, "cpu_seconds", "CPU seconds per process")
+    wall_seconds: float = _limit(10, "wall_seconds", "per sandbox run")
+    memory_mb: int = _limit(512, "memory_mb", "memory of the whole process tree; the interpreter alone needs tens of MB", ge=64)
+    file_size_mb: int = _limit(16, "file_size_mb", "largest file, stdout included", ge=1)
+    disk_mb: int = _limit(32, "disk_mb", "size of the sandbox's writable tmpfs", ge=1)
+    max_processes: int = _limit(32, "max_processes", "processes of the tree", ge=1)
+    output_chars: int = _limit(20000, "output_chars", "stdout/stderr kept", ge=200)
+    workers: int | None = Field(None, ge=1, le=256, description="candidates run at once; the usable cores when unset (at most 256)")
 
     @model_validator(mode="after")
     def _wall_covers_cpu(self) -> "PythonTestsVerifier":
         if self.wall_seconds < self.cpu_seconds:
             raise ValueError(f"wall_seconds ({self.wall_seconds}) is shorter than cpu_seconds ({self.cpu_seconds})")
         self.limits  # noqa: B018 - runs the sandbox's own checks now rather than on the first row
+        if bwrap_path() is None:  # fail closed, before anything runs
+            raise ValueError("python_tests needs bubblewrap (bwrap), which is not installed: run install.sh, or apt-get install bubblewrap")
         return self
 
     @property
     def limits(self) -> SandboxLimits:
-        fields = ("cpu_seconds", "wall_seconds", "memory_mb", "file_size_mb", "max_processes", "output_chars")
+        fields = ("cpu_seconds", "wall_seconds", "memory_mb", "file_size_mb", "disk_mb", "max_processes", "output_chars")
         return SandboxLimits(**{name: getattr(self, name) for name in fields})
 
     def check(self, row: dict[str, Any]) -> Verdict:
         tests = row.get("tests") or ""
         if not tests.strip():
             return Verdict.fail("no_tests", "the row has no tests")
+        try:
+            suite = Suite(tests)
+        except TestsError as err:
+            return Verdict.fail("verifier_error", f"tests: {err}")
         code = extract_code(row["completion"] or "", tests)
         if code is None:
             return Verdict.fail("no_code", "no Python code block and the completion is not Python")
-        # Exit status 0 alone is no proof: code that calls sys.exit(0) or unittest.main() first
-        # would skip the tests. The last line of stdout must be a token only the end can print.
-        token = f"datagen-tests-done-{secrets.token_hex(8)}"
-        program = f"{code.rstrip()}\n\n\n{tests.rstrip()}\n\n__import__('sys').stdout.write({token!r} + '\\n')\n"
-        result = run_python(program, self.limits)
-        if result.passed:
-            if not result.stdout.rstrip().endswith(token):
-                return Verdict.fail("tests_not_run", "the program exited with status 0 before the tests finished")
-            return Verdict(True)
-        detail = result.detail or (result.stderr.strip().splitlines() or [f"exit code {result.returncode}"])[-1]
-        return Verdict.fail(SANDBOX_REASONS.get(result.status, "sandbox_error"), detail)
+        answers: dict = {}
+        for _ in range(MAX_CALL_ROUNDS):
+            try:
+                outcome = suite.run(answers)
+            except TestsError as err:
+                return Verdict.fail("verifier_error", f"tests: {err}")
+            if outcome.status == "passed":
+                return Verdict(True)
+            if outcome.status == "failed":
+                return Verdict.fail("tests_failed", outcome.detail)
+            calls = list(outcome.pending.items())
+            result = call_functions(code, [(c.name, c.args, c.kwargs) for _, c in calls], self.limits)
+            if result.status == "error":
+                return Verdict.fail("sandbox_error", result.detail)
+            answered = {key: got for (key, _), got in zip(calls, result.calls or []) if got is not None}
+            answers.update(answered)
+            if len(answered) < len(calls):  # the program ended (or was stopped) before answering
+                again = suite.run(answers)
+                if again.status == "failed":
+                    return Verdict.fail("tests_failed", again.detail)
+                if result.status == "passed":
+                    return Verdict.fail("tests_not_run", "the program ended before the tests' calls were answered")
+                return Verdict.fail(SANDBOX_REASONS.get(result.status, "sandbox_error"), result.detail or f"exit code {result.returncode}")
+        return Verdict.fail("verifier_error", f"tests: candidate calls nested more than {MAX_CALL_ROUNDS - 1} deep")
 
 
 class NoVerifier(StrictModel):
