@@ -16,7 +16,7 @@ import yaml
 
 from datagen.sandbox import SandboxLimits, run_python
 
-from helpers import datagen_cli
+from helpers import TEMPLATES, datagen_cli
 
 
 def run(code: str, **limits):
@@ -332,3 +332,158 @@ def test_the_largest_documented_limits_are_accepted(project):
         SandboxLimits(cpu_seconds=float("inf"))
     with pytest.raises(ValueError, match="memory_mb"):
         SandboxLimits(memory_mb=MAXIMA["memory_mb"] + 1)
+
+
+# ---------------------------------------------------------------- the tests' evaluator (no sandbox)
+
+from datagen.sandbox import CallOutcome  # noqa: E402
+from datagen.sandbox import values  # noqa: E402
+from datagen.sandbox.suite import Suite  # noqa: E402
+from datagen.sandbox.suite import TestsError as UnsupportedTests  # noqa: E402 - a Test* name pytest would collect
+
+
+def answer(suite: Suite, functions: dict) -> tuple[str, str, int]:
+    """Run `suite` to the end, answering its calls with plain Python `functions` (what the sandbox
+    does, minus the sandbox): (status, detail, rounds)."""
+    answers: dict = {}
+    for rounds in range(1, 6):
+        outcome = suite.run(answers)
+        if outcome.status != "pending":
+            return outcome.status, outcome.detail, rounds
+        for key, call in outcome.pending.items():
+            try:
+                answers[key] = CallOutcome(functions[call.name](*call.args, **call.kwargs))
+            except Exception as exc:  # noqa: BLE001
+                answers[key] = CallOutcome(error=f"{type(exc).__name__}: {exc}")
+    raise AssertionError("never finished")
+
+
+def test_the_shipped_tests_parse_and_their_reference_solutions_pass_in_the_evaluator():
+    tasks = yaml.safe_load((TEMPLATES / "python_functions.yaml").read_text())["slots"]["task"]
+    for task in tasks:
+        namespace: dict = {}
+        exec(task["solution"], namespace)  # shipped reference solutions, not model output
+        assert answer(Suite(task["tests"]), namespace)[0] == "passed", task["id"]
+
+
+def test_a_failed_assert_names_the_line_and_what_came_back():
+    suite = Suite("assert add(1, 2) == 3\nassert add(2, 2) == 4\n")
+    status, detail, rounds = answer(suite, {"add": lambda a, b: a * b})
+    assert (status, rounds) == ("failed", 2)
+    assert detail == "line 1: assert add(1, 2) == 3 (got 2)"
+
+
+def test_every_independent_call_is_asked_in_one_round_and_nested_calls_in_the_next():
+    suite = Suite("x = [3, 1]\nassert decode(encode(x)) == x\nassert encode([]) == ''\nassert all(sq(i) == i * i for i in range(4))\n")
+    first = suite.run({})
+    names = sorted((call.name, call.args) for call in first.pending.values())
+    assert names == [("encode", ([],)), ("encode", ([3, 1],))] + [("sq", (i,)) for i in range(4)]
+    honest = {"encode": lambda xs: ",".join(map(str, xs)), "decode": lambda s: [int(v) for v in s.split(",") if v], "sq": lambda i: i * i}
+    assert answer(suite, honest) == ("passed", "", 3)
+    assert answer(suite, honest | {"sq": lambda i: i + i})[0] == "failed"
+
+
+def test_builtins_math_methods_and_exceptions_are_evaluated_here():
+    suite = Suite(
+        "import math\nassert math.isclose(mean([1, 2]), 1.5)\nassert sorted(uniq('aab')) == ['a', 'b']\n"
+        "assert len(uniq('')) == 0 and isinstance(uniq('x'), set)\nassert name().strip().lower() == 'ada'\nassert div(1, 0) is None\n"
+    )
+    honest = {"mean": lambda xs: sum(xs) / len(xs), "uniq": set, "name": lambda: " Ada ", "div": lambda a, b: None if b == 0 else a / b}
+    assert answer(suite, honest)[0] == "passed"
+    status, detail, _ = answer(suite, honest | {"div": lambda a, b: a / b})
+    assert status == "failed" and detail == "line 6: calling div(1, 0): ZeroDivisionError: division by zero"
+
+
+@pytest.mark.parametrize(
+    "tests, message",
+    [
+        ("for i in range(3):\n    assert f(i)\n", "For statements are not supported"),
+        ("def helper():\n    pass\nassert f(1)\n", "FunctionDef statements"),
+        ("assert f(lambda x: x)\n", "Lambda is not supported"),
+        ("from os import system\nassert f(1)\n", "ImportFrom statements"),
+        ("import os\nassert f(1)\n", "Import statements"),
+        ("assert f(1).__class__\n", "attribute '__class__'"),
+        ("assert f(*[1])\n", "without * or **"),
+        ("assert f(1).format(2)\n", "method 'format'"),
+        ("x = 1\n", "no assert statement"),
+        ("assert f(\n", "not valid Python"),
+    ],
+)
+def test_tests_the_evaluator_cannot_run_are_refused_with_the_reason(tests, message):
+    with pytest.raises(UnsupportedTests, match=re.escape(message)):
+        Suite(tests)
+
+
+def test_test_sizes_are_bounded():
+    assert answer(Suite("assert f() * 10**9 == 0\n"), {"f": lambda: "ab"})[1].endswith("repetition to more than 1000000 items")
+    assert "a power of more than" in answer(Suite("assert 10 ** f() > 0\n"), {"f": lambda: 10**9})[1]
+    assert "a set of more than" in answer(Suite("assert set(f()) == set()\n"), {"f": lambda: list(range(20_000))})[1]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, True, 0, -(2**80), 1.5, float("inf"), 1j, "é\udc80", b"\x00", [1, [2]], (1,), {1, 2}, frozenset({3}), {"a": (1, None)}, {(1, 2): {}}],
+    ids=repr,
+)
+def test_plain_values_survive_the_boundary_with_their_exact_types(value):
+    import json
+
+    back = values.decode(json.loads(json.dumps(values.encode(value))))
+    assert back == value and type(back) is type(value)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"object": []}, {"list": [], "tuple": []}, {"int": 5}, {"float": "1.5"}, {"set": [{"list": []}]}, {"dict": [[1]]},
+     [1, 2], {"set": list(range(10_001))}, {"complex": ["a", 1]}],
+    ids=repr,
+)  # fmt: skip
+def test_anything_outside_the_encoding_is_refused_by_the_decoder(data):
+    with pytest.raises(ValueError):
+        values.decode(data)
+
+
+def test_subclasses_and_objects_are_not_plain_data():
+    class Forged(int):
+        def __eq__(self, other):
+            return True
+
+    for value in (Forged(1), object(), [Forged(2)], (x for x in ())):
+        with pytest.raises(TypeError):
+            values.encode(value)
+
+
+# ---------------------------------------------------------------- fail closed
+
+
+def test_the_sandbox_runs_here():
+    from datagen.sandbox import unavailable
+
+    assert unavailable() is None  # CI installs bubblewrap (install.sh); a machine without it fails closed
+
+
+def test_without_bubblewrap_nothing_runs_and_the_recipe_is_refused(monkeypatch):
+    import datagen.sandbox as sandbox
+    import datagen.stages.verify as verify
+    from pydantic import ValidationError
+
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
+    monkeypatch.setattr(verify, "bwrap_path", lambda: None)
+    result = run("print('ran')")
+    assert (result.status, result.stdout) == ("error", "") and "bubblewrap" in result.detail
+    assert "bubblewrap" in sandbox.unavailable()
+    with pytest.raises(ValidationError, match="python_tests needs bubblewrap"):
+        verify.VerifyConfig(verifiers={"*": {"kind": "python_tests"}})
+
+
+def test_a_bwrap_that_cannot_create_namespaces_fails_every_candidate_closed(tmp_path, monkeypatch):
+    import datagen.sandbox as sandbox
+    from datagen.stages.verify import PythonTestsVerifier
+
+    fake = tmp_path / "bwrap"
+    fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(sandbox, "bwrap_path", lambda: str(fake))
+    assert sandbox.unavailable() == "the bubblewrap sandbox cannot run here: sandbox setup failed: bwrap: No permissions to create new namespace"
+    verdict = PythonTestsVerifier().check({"completion": "def f():\n    return 1\n", "tests": "assert f() == 1\n"})
+    assert (verdict.keep, verdict.reason) == (False, "sandbox_error")

@@ -23,7 +23,7 @@ from datagen.stages.verify import PythonTestsVerifier
 from helpers import REPO, TEMPLATES
 
 TASKS = {task["id"]: task for task in yaml.safe_load((TEMPLATES / "python_functions.yaml").read_text())["slots"]["task"]}
-VERIFIER = PythonTestsVerifier(cpu_seconds=2, wall_seconds=4, memory_mb=256)
+VERIFIER = PythonTestsVerifier(cpu_seconds=2, wall_seconds=15, memory_mb=256)  # wall: slack for a loaded CI machine
 WRONG = "def is_palindrome(s):\n    return s == s[::-1]\n"  # fails 'A man, a plan...' and "No 'x' in Nixon"
 SIDE_TESTS = """\
 assert len(dedupe([1, 1, 2])) == 2
@@ -157,6 +157,16 @@ for obj in gc.get_objects():
 print(token or "datagen-tests-done-", flush=True)
 os._exit(0)
 """,
+    "fake_a_sandbox_setup_failure": WRONG + """
+import os, sys
+sys.stderr.write("bwrap: Can't mount proc on /newroot/proc: Operation not permitted\\n")
+sys.stderr.flush()
+os._exit(1)
+""",
+    "fake_a_cgroup_join_failure": WRONG + """
+import os
+os._exit(125)
+""",
     "system_exit_inside_the_call": """
 def is_palindrome(s):
     raise SystemExit(0)
@@ -195,7 +205,8 @@ def test_reward_hacks_of_a_wrong_solution_are_rejected(name):
     tests = TASKS["count_vowels"]["tests"] if "count_vowels" in code else None
     result = verdict(code, tests)
     assert result.keep is False, (name, result)
-    assert result.reason in ("tests_failed", "tests_not_run", "killed", "timeout"), (name, result)
+    # A verdict on the candidate, never one that blames the check (sandbox_error, verifier_error).
+    assert result.reason in ("tests_failed", "tests_not_run", "killed", "timeout", "memory"), (name, result)
 
 
 @pytest.mark.parametrize("name", sorted(SIDE_HACKS))

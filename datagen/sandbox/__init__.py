@@ -238,10 +238,20 @@ def _launch(bwrap, code, calls, limits, identity, group, started) -> SandboxResu
         join = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
         command = ["/bin/sh", "-c", join, "sh", *group.procs_files, "--", *command]
     with tempfile.TemporaryFile() as stdin, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, tempfile.TemporaryFile() as results:
-        request = {"code": code, "calls": calls, "limits": asdict(limits), "uid": identity.uid if identity else None, "results_fd": results.fileno()}
+        # The harness writes "ready" to this pipe and closes it before any candidate code runs,
+        # so a program cannot pass its own failure off as a sandbox that did not start.
+        ready_r, ready_w = os.pipe()
+        request = {"code": code, "calls": calls, "limits": asdict(limits), "uid": identity.uid if identity else None,
+                   "results_fd": results.fileno(), "ready_fd": ready_w}  # fmt: skip
         stdin.write(json.dumps(request, ensure_ascii=True).encode())
         stdin.seek(0)
-        proc = subprocess.Popen(command, stdin=stdin, stdout=out, stderr=err, pass_fds=(results.fileno(),), start_new_session=True, env=_ENV)
+        try:
+            proc = subprocess.Popen(command, stdin=stdin, stdout=out, stderr=err, pass_fds=(results.fileno(), ready_w), start_new_session=True, env=_ENV)
+        except OSError:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
         timed_out = not _wait_exit(proc.pid, time.monotonic() + limits.wall_seconds)
         try:  # bwrap's init dies with it (--die-with-parent), and with the init the whole pid namespace
             os.killpg(proc.pid, signal.SIGKILL)
@@ -254,10 +264,17 @@ def _launch(bwrap, code, calls, limits, identity, group, started) -> SandboxResu
         stdout = _read_output(out, limits.output_chars)
         stderr = _read_output(err, limits.output_chars)
         outcomes = _read_results(results, len(calls)) if calls is not None else None
+        os.set_blocking(ready_r, False)
+        try:
+            ready = os.read(ready_r, 6) == b"ready\n"
+        except BlockingIOError:
+            ready = False
+        finally:
+            os.close(ready_r)
     seconds = time.monotonic() - started
     oom = group is not None and group.oom_killed()
     cpu = usage.ru_utime + usage.ru_stime
-    name, detail = _classify(limits, timed_out, returncode, cpu, usage.ru_maxrss, oom, stderr)
+    name, detail = _classify(limits, ready, timed_out, returncode, cpu, usage.ru_maxrss, oom, stderr)
     return SandboxResult(name, returncode, stdout, stderr, seconds, detail, outcomes)
 
 
@@ -300,15 +317,15 @@ def _wait_exit(pid: int, deadline: float) -> bool:
     return True
 
 
-def _classify(limits, timed_out, returncode, cpu, maxrss_kb, oom, stderr) -> tuple[str, str]:
-    if timed_out:
+def _classify(limits, ready, timed_out, returncode, cpu, maxrss_kb, oom, stderr) -> tuple[str, str]:
+    if timed_out:  # also before "ready" on a loaded machine: slow, not broken
         return "timeout", f"wall time limit {limits.wall_seconds:g} s"
+    if not ready:
+        if returncode == 125 and not stderr.strip():
+            return "error", "sandbox setup failed: could not join the run's cgroup"
+        return "error", _short(f"sandbox setup failed: {_last_line(stderr) or f'exit status {returncode}'}")
     if returncode == 0:
         return "passed", ""
-    if returncode == 1 and stderr.lstrip().startswith("bwrap:"):
-        return "error", _short(f"sandbox setup failed: {_last_line(stderr)}")
-    if returncode == 125 and not stderr.strip():
-        return "error", "sandbox setup failed: could not join the run's cgroup"
     signum = -returncode if returncode < 0 else None
     if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu >= math.ceil(limits.cpu_seconds)):
         return "timeout", f"cpu time limit {math.ceil(limits.cpu_seconds)} s"

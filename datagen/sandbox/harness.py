@@ -2,7 +2,8 @@
 
 It is given, on stdin, one JSON object: {"code": the candidate's program, "calls": null or a
 list of [name, args, kwargs] (arguments in the plain-data encoding below), "limits": rlimits,
-"uid": the uid/gid to drop to, or null, "results_fd": where the outcomes go}. It then, in this order:
+"uid": the uid/gid to drop to, or null, "results_fd": where the outcomes go, "ready_fd": a
+pipe told "ready" once the limits are set, then closed}. It then, in this order:
 
 1. sets the rlimits (CPU, address space, file size, process count, no core files) and, when a
    uid is given (datagen runs as root), drops to it: the candidate never holds a capability;
@@ -146,6 +147,8 @@ def main():
     os.dup2(null, 0)
     os.close(null)
     apply_limits(request["limits"], request["uid"])
+    os.write(request["ready_fd"], b"ready\n")  # before any candidate code: it cannot be faked
+    os.close(request["ready_fd"])
     out = os.fdopen(request["results_fd"], "w", encoding="utf-8") if request["calls"] is not None else None
     sys.argv = ["main.py"]
     sys.path.insert(0, os.getcwd())

@@ -31,6 +31,7 @@ is one more sandbox run. Arguments are copies: a test cannot see a candidate mut
 from __future__ import annotations
 
 import ast
+import builtins
 import json
 import math
 from dataclasses import dataclass, field
@@ -78,11 +79,26 @@ class Outcome:
 
 
 _FUNCTIONS = {
-    name: getattr(__builtins__, name, None) if not isinstance(__builtins__, dict) else __builtins__[name]
-    for name in "abs all any bool chr dict divmod float frozenset int isinstance len list max min ord repr round set sorted str sum tuple type".split()
+    name: getattr(builtins, name)
+    for name in "abs all any bool chr divmod float int isinstance len list max min ord range repr round sorted str sum tuple type".split()
 }
 _FUNCTIONS |= {"enumerate": lambda *a, **k: list(enumerate(*a, **k)), "reversed": lambda x: list(reversed(x)), "zip": lambda *a: list(zip(*a))}
-_TYPE_NAMES = {"bytes": bytes, "complex": complex}  # usable in isinstance / type() is ...
+
+
+def _hashed(kind):
+    """set / frozenset / dict that refuse more than values.MAX_HASHED_ITEMS items (see there)."""
+
+    def build(*args, **kwargs):
+        if args and hasattr(args[0], "__len__") and len(args[0]) > values.MAX_HASHED_ITEMS:
+            raise ValueError(f"a {kind.__name__} of more than {values.MAX_HASHED_ITEMS} items")
+        return kind(*args, **kwargs)
+
+    return build
+
+
+_FUNCTIONS |= {kind.__name__: _hashed(kind) for kind in (set, frozenset, dict)}
+# Names that stand for a builtin type where the tests use them as values (isinstance, type() is).
+_TYPE_NAMES = {kind.__name__: kind for kind in (bool, int, float, complex, str, bytes, list, tuple, set, frozenset, dict, type)}
 _MATH = {name: getattr(math, name) for name in "isclose isnan isinf isfinite sqrt floor ceil fabs gcd log log2 log10 pi e tau inf nan".split()}
 _STR = set("lower upper strip lstrip rstrip split rsplit splitlines startswith endswith count find rfind index rindex isdigit isalpha isalnum isspace islower isupper istitle isdecimal isnumeric casefold title capitalize swapcase".split())
 _METHODS = {
@@ -221,8 +237,8 @@ class _Evaluator:
         if kind is ast.Name:
             if node.id in self.env:
                 return self.env[node.id]
-            if node.id in _FUNCTIONS or node.id in _TYPE_NAMES:
-                return _FUNCTIONS.get(node.id) or _TYPE_NAMES[node.id]
+            if node.id in _TYPE_NAMES or node.id in _FUNCTIONS:
+                return _TYPE_NAMES.get(node.id) or _FUNCTIONS[node.id]
             return self.candidate(node, "." + node.id, (), {})
         if kind in (ast.List, ast.Tuple, ast.Set):
             items = [self.value(e) for e in node.elts]
@@ -316,7 +332,9 @@ class _Evaluator:
             if callable(target) and (target in _FUNCTIONS.values() or target in _MATH.values()):
                 return _checked_call(target, args, kwargs) if known else PENDING
             raise _Fail(f"{self.text(node)}: {name} is a value of the tests, not a function")
-        if name in _FUNCTIONS or name in _TYPE_NAMES:
+        if name in _TYPE_NAMES and name not in _FUNCTIONS:
+            raise TestsError(f"line {node.lineno}: calling {name}() is not supported in tests")
+        if name in _FUNCTIONS:
             if not known:
                 return PENDING
             if name == "range":
@@ -324,7 +342,7 @@ class _Evaluator:
                 if len(result) > MAX_ITEMS:
                     raise _Fail(f"{self.text(node)}: a range of more than {MAX_ITEMS} items")
                 return result
-            return _checked_call(_FUNCTIONS.get(name) or _TYPE_NAMES[name], args, kwargs)
+            return _checked_call(_FUNCTIONS[name], args, kwargs)
         if not known:
             return PENDING
         return self.candidate(node, name, tuple(args), kwargs)
@@ -391,9 +409,9 @@ class _Evaluator:
         if pending or PENDING in _identities(flat):
             return PENDING
         if isinstance(node, ast.SetComp):
-            return set(results)
+            return _FUNCTIONS["set"](results)
         if isinstance(node, ast.DictComp):
-            return dict(results)
+            return _FUNCTIONS["dict"](results)
         return results  # a generator expression is consumed as a list (by all, any, sum, ...)
 
 

@@ -6,7 +6,8 @@ sandbox). `decode` is the trust boundary: it accepts only that grammar and build
 objects (int, float, complex, str, bytes, bool, None, list, tuple, set, frozenset, dict), so a
 comparison the parent makes with a decoded value runs builtin code only, whatever the candidate
 sent. Raises `ValueError` (with a short reason) for anything else: an unknown tag, an object
-with two keys, a non-string hex, unhashable set items or dict keys, nesting past `MAX_DEPTH`.
+with two keys, a non-string hex, unhashable set items or dict keys, nesting past `MAX_DEPTH`,
+a set or dict of more than `MAX_HASHED_ITEMS` entries.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ import math
 from typing import Any
 
 MAX_DEPTH = 100
+# Sets and dicts of ints can be built to collide in one hash bucket (hash(n) = n mod 2**61 - 1),
+# which makes building them quadratic: a candidate could stall datagen with one return value.
+MAX_HASHED_ITEMS = 10_000
 _SEQUENCES = {"list": list, "tuple": tuple, "set": set, "frozenset": frozenset}
 
 
@@ -53,6 +57,8 @@ def decode(data: Any, depth: int = 0) -> Any:
         raise ValueError(f"not a value of the sandbox's encoding: a JSON {kind.__name__}")
     ((tag, body),) = data.items()
     try:
+        if tag in ("set", "frozenset", "dict") and type(body) is list and len(body) > MAX_HASHED_ITEMS:
+            raise ValueError(f"a {tag} of more than {MAX_HASHED_ITEMS} items")
         if tag in _SEQUENCES and type(body) is list:
             return _SEQUENCES[tag](decode(item, depth + 1) for item in body)
         if tag == "dict" and type(body) is list:
