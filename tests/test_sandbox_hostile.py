@@ -441,3 +441,30 @@ def test_no_capabilities_and_no_network_interfaces():
     caps, interfaces = result.stdout.splitlines()[:2]
     assert caps == "['0000000000000000', '0000000000000000', '0000000000000000']"
     assert interfaces == "[(1, 'lo')]" and "CONNECTED" not in result.stdout
+
+
+def test_no_nested_namespace_or_mount_can_get_around_the_disk_quota():
+    result = run(
+        """
+        import ctypes, os, threading
+        libc = ctypes.CDLL(None, use_errno=True)
+        attempts = {
+            "unshare": lambda: libc.unshare(0x10000000 | 0x00020000),
+            "clone": lambda: libc.syscall(56 if os.uname().machine == "x86_64" else 220, 0x10000000 | 17, 0, 0, 0, 0),
+            "mount": lambda: libc.mount(b"tmpfs", b"/tmp", b"tmpfs", 0, b"size=2g"),
+        }
+        for name, attempt in attempts.items():
+            print(name, attempt(), os.strerror(ctypes.get_errno()))
+        worker = threading.Thread(target=print, args=("threads still work",))
+        worker.start(), worker.join()
+        pid = os.fork()
+        if pid == 0:
+            os._exit(3)
+        print("fork still works", os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        """,
+        max_processes=8,
+    )
+    assert result.status == "passed", result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["unshare -1 Operation not permitted", "clone -1 Operation not permitted", "mount -1 Operation not permitted"]
+    assert lines[3:] == ["threads still work", "fork still works 3"]

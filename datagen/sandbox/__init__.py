@@ -15,9 +15,11 @@ Isolation (Linux, bubblewrap from the Debian package `bubblewrap`, installed by 
   users' checkouts or the host's /tmp. The program and the calls travel on stdin; stdout, stderr
   and results go to unnamed (already deleted) host files, so a killed datagen leaves no directory
   behind.
-- Namespaces: network (no interface but a downed loopback), pid (bwrap's init; killing it kills
+- Namespaces: network (nothing but a loopback of its own), pid (bwrap's init; killing it kills
   the tree), ipc, uts, cgroup; `--die-with-parent` (the tree dies with the datagen thread that
-  started it) and `--new-session` (no terminal to inject into).
+  started it) and `--new-session` (no terminal to inject into). A seccomp filter
+  (datagen.sandbox.seccomp) refuses new namespaces and mounts inside, so a nested user namespace
+  cannot mount a tmpfs around the disk quota.
 - Identity: when datagen runs as root, the harness drops to a uid/gid of its own (flock-allocated
   from an unused high range) before any candidate code runs, so it holds no capability and
   RLIMIT_NPROC (never enforced for uid 0) applies; without root, bwrap runs in an unprivileged
@@ -59,7 +61,7 @@ from glob import glob
 from pathlib import Path
 from typing import Any
 
-from datagen.sandbox import cgroup, values
+from datagen.sandbox import cgroup, seccomp, values
 from datagen.sandbox.cgroup import Cgroup
 
 STATUSES = ("passed", "failed", "timeout", "memory", "killed", "error")
@@ -188,7 +190,7 @@ def _run(code: str, calls: list | None, limits: SandboxLimits) -> SandboxResult:
             identity.release()
 
 
-def _command(bwrap: str, limits: SandboxLimits, as_root: bool) -> list[str]:
+def _command(bwrap: str, limits: SandboxLimits, as_root: bool, seccomp_fd: int) -> list[str]:
     interpreter = os.path.realpath(getattr(sys, "_base_executable", None) or sys.executable)
     args = [bwrap, "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try"]
     if as_root:  # the harness needs these two to drop to the sandbox uid; it holds none after
@@ -216,7 +218,8 @@ def _command(bwrap: str, limits: SandboxLimits, as_root: bool) -> list[str]:
         args += ["--tmpfs", hidden, "--remount-ro", hidden]
     args += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
     args += ["--size", str(limits.disk_mb * 2**20), "--perms", "1777", "--tmpfs", "/tmp"]
-    args += ["--remount-ro", "/", "--chdir", "/tmp", interpreter, "-I", "-S", "-B", "-c", _HARNESS]
+    args += ["--remount-ro", "/", "--chdir", "/tmp", "--seccomp", str(seccomp_fd)]
+    args += [interpreter, "-I", "-S", "-B", "-c", _HARNESS]
     return args
 
 
@@ -233,7 +236,14 @@ def _package_dirs() -> list[str]:
 
 
 def _launch(bwrap, code, calls, limits, identity, group, started) -> SandboxResult:
-    command = _command(bwrap, limits, identity is not None)
+    filter_file = tempfile.TemporaryFile()
+    with filter_file:
+        filter_file.write(seccomp.program())
+        filter_file.seek(0)
+        return _start(_command(bwrap, limits, identity is not None, filter_file.fileno()), filter_file.fileno(), code, calls, limits, identity, group, started)
+
+
+def _start(command, filter_fd, code, calls, limits, identity, group, started) -> SandboxResult:
     if group is not None:  # join the cgroup, then become bwrap: the whole tree is inside
         join = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
         command = ["/bin/sh", "-c", join, "sh", *group.procs_files, "--", *command]
@@ -246,7 +256,8 @@ def _launch(bwrap, code, calls, limits, identity, group, started) -> SandboxResu
         stdin.write(json.dumps(request, ensure_ascii=True).encode())
         stdin.seek(0)
         try:
-            proc = subprocess.Popen(command, stdin=stdin, stdout=out, stderr=err, pass_fds=(results.fileno(), ready_w), start_new_session=True, env=_ENV)
+            fds = (results.fileno(), ready_w, filter_fd)
+            proc = subprocess.Popen(command, stdin=stdin, stdout=out, stderr=err, pass_fds=fds, start_new_session=True, env=_ENV)
         except OSError:
             os.close(ready_r)
             raise
