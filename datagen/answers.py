@@ -1,21 +1,52 @@
 """Final-answer extraction and equivalence for math-style outputs, on Hugging Face's math-verify.
 
-Shared by the `math` verifier and by majority voting, so that both agree on what "the same
-answer" means: "1/2", "0.5" and "\\frac{1}{2}" are one answer; an empty or non-numeric box is none.
+The one answer parser of datagen: the `math` verifier, majority voting and the counterexample
+corrections all use it, so they agree on what "the same answer" means. Rules:
+- the last `\\boxed{}` (or `\\fbox{}`) of a completion is its final answer: earlier boxes are
+  drafts ("\\boxed{5}, but that is wrong; the answer is \\boxed{7}" answers 7), and an empty or
+  unparsable last box is no answer, never rescued by a number elsewhere; without a box,
+  math-verify's own extraction applies ("final answer is", "Answer:", else the last expression);
+- a reference is one whole LaTeX expression, with or without `$`: `2\\sqrt{2}` is 2*sqrt(2) and
+  `-2\\pi` is -2*pi (not their leading number), `\\frac{3}{8}`, `3/8` and `0.375` are one value;
+- before math-verify sees an answer: Unicode spaces (no-break, thin, narrow no-break, ...) become
+  spaces, full-width digits and signs and the minus sign U+2212 their ASCII forms; digits grouped
+  by threes with a thin space or other space (`1\\,200`, `1\\ 200`, `1~200`, `1{,}200`,
+  `1 200`, U+2009, U+202F) are one number (1200), never a product or a mixed number; a degree
+  sign (`°`, `\\degree`, `^\\circ`, `^{\\circ}`) and the temperature scale after it (`C`, `F`,
+  `K`) are dropped (`4^\\circ C` is 4);
+- units written as `\\text{cm}` / `\\mbox{ m}` / `\\mathrm{kg}`, common unit words and percent
+  signs are handled by math-verify's own LaTeX normalisation (`NormalizationConfig(units=True)`,
+  its default for LaTeX extraction): `5\\text{ cm}` is 5 and `50\\%` equals both 50 and 0.5.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
 from latex2sympy2_extended.math_normalization import extract_boxed_content
-from math_verify import parse, verify
+from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
 # It warns on every call made without a timeout (see _timeout); the warning is not actionable.
 logging.getLogger("math_verify").setLevel(logging.ERROR)
+
+# math-verify's own extraction (its defaults, spelled out): LaTeX (boxed, $...$, \(...\)) with its
+# normalisation of units, percent and malformed operators, then plain expressions.
+EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
+
+# What math-verify does not do itself. Separators between groups of three digits; a plain space
+# only between exactly-three-digit groups after a 1-3 digit head, as in SI style ("1 200 000").
+_GROUP_SEPARATOR = r"(?:\\[,;:!] ?|\\ |\\(?:thinspace|medspace|thickspace|nobreakspace)(?: |\{\})?|\{,\}|~| )"
+_DIGIT_GROUPS = re.compile(r"(?<![\d.,])(\d{1,3})((?:" + _GROUP_SEPARATOR + r"\d{3})+)(?!\d)")
+_GROUP_SPLIT = re.compile(_GROUP_SEPARATOR)
+_DEGREE = re.compile(
+    r"\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\degree|°)"  # the degree mark
+    r"(?:(?:\s|\\[,;: ])*(?:\\(?:text|mathrm|mbox|rm)\s*\{\s*[CFK]\s*\}|[CFK](?![A-Za-z])))?"  # and its scale
+)
 
 
 def _timeout(seconds: int) -> int | None:
@@ -24,10 +55,34 @@ def _timeout(seconds: int) -> int | None:
     return seconds if threading.current_thread() is threading.main_thread() else None
 
 
+def _plain_char(ch: str) -> str:
+    category = unicodedata.category(ch)
+    if category == "Zs":
+        return " "
+    if ch == "\u2212":  # minus sign
+        return "-"
+    if "\uff01" <= ch <= "\uff5e":  # full-width ASCII forms
+        return chr(ord(ch) - 0xFEE0)
+    return ch
+
+
+def prepare(text: str) -> str:
+    """What datagen does to an answer's text before math-verify parses it (module docstring):
+    plain spaces and ASCII forms, digit groups joined, degree marks dropped. Superscript digits
+    and other compatibility characters are left to math-verify (NFKC would turn "3²" into "32")."""
+    if not text.isascii():
+        text = "".join(_plain_char(ch) for ch in text)
+    text = _DEGREE.sub("", text)
+    return _DIGIT_GROUPS.sub(lambda m: m.group(1) + "".join(_GROUP_SPLIT.split(m.group(2))), text)
+
+
 @dataclass(frozen=True)
 class Answer:
-    parsed: tuple[Any, ...]  # math-verify's parse result: (sympy expression, source string)
-    text: str  # the extracted answer as written, for display and reports
+    """A parsed answer. `parsed`: math-verify's parse result (sympy expression, source string);
+    `text`: the extracted answer as written, for display, reports and vote classes."""
+
+    parsed: tuple[Any, ...]
+    text: str
 
     def __str__(self) -> str:
         return self.text
@@ -35,7 +90,7 @@ class Answer:
 
 def _parse(text: str) -> Answer | None:
     try:
-        parsed = parse(text, parsing_timeout=_timeout(2))
+        parsed = parse(text, extraction_config=EXTRACTION, parsing_timeout=_timeout(2))
     except Exception:  # noqa: BLE001 - math-verify raises many parser errors; unparsable = no answer
         return None
     # math-verify falls back to the raw string when nothing parses: that is no answer at all.
@@ -45,19 +100,32 @@ def _parse(text: str) -> Answer | None:
     return Answer(tuple(parsed), shown)
 
 
-def final_answer(text: str | None, require_box: bool = False) -> tuple[Answer | None, str | None, str | None]:
-    """The final answer, its text as written, and why there is none.
+def last_box(text: str) -> str | None:
+    """The content of the last \\boxed{} / \\fbox{} of the text (stripped; "" for an empty box),
+    or None when there is none. Braces are matched by math-verify's own box extraction."""
+    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if start < 0:
+        return None
+    return extract_boxed_content(text[start:], mode="last").strip()
 
-    A boxed answer is the answer: when the text has a \\boxed{} (or \\fbox{}), only its content
-    counts, so an empty or garbage box cannot be rescued by a number elsewhere in the text.
-    Otherwise math-verify's own extraction applies ("Answer:", else the last expression).
-    """
+
+def _parse_box(content: str) -> Answer | None:
+    """A box's content parsed as one LaTeX expression (math-verify's boxed extraction)."""
+    return _parse(f"\\boxed{{{prepare(content)}}}")
+
+
+def final_answer(text: str | None, require_box: bool = False) -> tuple[Answer | None, str | None, str | None]:
+    """The final answer, its text as written, and why there is none (module docstring's rules).
+
+    Returns (answer, shown, problem): answer None means no answer, and problem says why ("empty
+    \\boxed{}", "unparsable \\boxed{...}", "no \\boxed{} answer", "empty completion", "no final
+    answer found"); shown is the extracted text when there is one."""
     text = text or ""
-    if "\\boxed" in text or "\\fbox" in text:
-        content = extract_boxed_content(text).strip()
+    content = last_box(text)
+    if content is not None:
         if not content:
             return None, None, "empty \\boxed{}"
-        answer = _parse(f"\\boxed{{{content}}}")
+        answer = _parse_box(content)
         if answer is None:
             return None, content, f"unparsable \\boxed{{{content}}}"
         return answer, content, None
@@ -65,22 +133,32 @@ def final_answer(text: str | None, require_box: bool = False) -> tuple[Answer | 
         return None, None, "no \\boxed{} answer"
     if not text.strip():
         return None, None, "empty completion"
-    answer = _parse(text)
+    answer = _parse(prepare(text))
     if answer is None:
         return None, None, "no final answer found"
     return answer, answer.text, None
 
 
 def extract_answer(text: str | None) -> Answer | None:
+    """The final answer of a completion (see `final_answer`), or None."""
     return final_answer(text)[0]
 
 
 def parse_reference(reference: str) -> Answer | None:
-    """A reference answer as written in a template ("45", "3/8", "\\frac{1}{2}")."""
-    return _parse(reference if "$" in reference or "\\" in reference else f"${reference}$") or _parse(reference)
+    """A reference answer as written in a template or data set ("45", "3/8", "\\frac{1}{2}",
+    "2\\sqrt{2}", "$-2\\pi$", "\\boxed{7}"), read as one whole expression; None when it does not
+    parse as one."""
+    text = reference.strip()
+    if last_box(text) is not None:
+        text = last_box(text) or ""
+    elif len(text) >= 2 and text.startswith("$") and text.endswith("$"):
+        text = text.strip("$").strip()
+    return _parse_box(text) if text else None
 
 
 def equivalent(reference: Answer, candidate: Answer) -> bool:
+    """Whether math-verify finds the two answers equal (numerically, symbolically, as sets or
+    intervals); False when it cannot decide in time."""
     try:
         return bool(verify(list(reference.parsed), list(candidate.parsed), timeout_seconds=_timeout(2)))
     except Exception:  # noqa: BLE001

@@ -1,4 +1,8 @@
-"""Word shingles and MinHash signatures for many texts at once, in NumPy and polars.
+"""Token shingles and MinHash signatures for many texts at once, in NumPy and polars.
+
+Texts are normalised and split into tokens by `datagen.text` (words; one character per token in
+scripts written without spaces; symbols for texts without letters or digits), and shingles are
+`size` consecutive tokens.
 
 Signatures are one-permutation MinHash (Li, Owen & Zhang 2012) with optimal densification
 (Shrivastava 2017): each shingle is hashed once, its hash picks one of `num_perm` bins and each
@@ -18,29 +22,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from datagen.text import tokenize
+
 # Band layouts are chosen so that a pair exactly at the threshold becomes a candidate with at
 # least this probability; candidates are confirmed with exact Jaccard, so extra ones cost only time.
 TARGET_RECALL = 0.99
 WORD_SEED = 0x5EED
-WORD = r"[^\W_]+"  # runs of letters and digits: punctuation and underscores separate words
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _LOW32 = np.uint64(0xFFFFFFFF)
 EMPTY = np.uint32(0xFFFFFFFF)  # a bin no shingle fell into
 
 
-def normalize(texts: pl.Series) -> pl.Series:
-    """Lowercase, punctuation to spaces, runs of whitespace to one space."""
-    return (
-        texts.str.to_lowercase()
-        .str.replace_all(r"[^\w\s]|_", " ")
-        .str.replace_all(r"\s+", " ")
-        .str.strip_chars()
-    )
-
-
 def words(texts: pl.Series) -> pl.Series:
-    """Each text's words as `normalize` would leave them: a null text gives null, an empty one []."""
-    return texts.cast(pl.String).str.to_lowercase().str.extract_all(WORD)
+    """Each text's tokens (`datagen.text.tokenize`): a null text gives null, an empty one []."""
+    return tokenize(texts)
 
 
 def fmix64(h: np.ndarray) -> np.ndarray:
@@ -54,8 +49,8 @@ def fmix64(h: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Shingles:
-    """The word n-gram hashes of each text, in text order: text i owns hashes[offsets[i]:offsets[i + 1]].
-    `text_keys` identify each text's word sequence (equal keys: same words in the same order)."""
+    """The token n-gram hashes of each text, in text order: text i owns hashes[offsets[i]:offsets[i + 1]].
+    `text_keys` identify each text's token sequence (equal keys: same tokens in the same order)."""
 
     hashes: np.ndarray  # uint64
     offsets: np.ndarray  # int64, len = texts + 1
@@ -86,9 +81,9 @@ def segments(offsets: np.ndarray, which: np.ndarray) -> tuple[np.ndarray, np.nda
 
 
 def shingle(texts: pl.Series, size: int, text_keys: bool = False) -> Shingles:
-    """Word `size`-grams of raw (or normalized) texts. A text shorter than `size` words is one
-    shingle (all its words), so short texts still compare; an empty or null text has none.
-    With text_keys, also each text's key of its word sequence (`Shingles.text_keys`)."""
+    """Token `size`-grams of raw texts (normalised and tokenised here). A text shorter than `size`
+    tokens is one shingle (all its tokens), so short texts still compare; an empty or null text has
+    none. With text_keys, also each text's key of its token sequence (`Shingles.text_keys`)."""
     split = words(texts)
     lengths = split.list.len().fill_null(0).to_numpy().astype(np.int64)
     tokens = split.explode().drop_nulls().hash(WORD_SEED).to_numpy()
@@ -112,19 +107,27 @@ def shingle(texts: pl.Series, size: int, text_keys: bool = False) -> Shingles:
             short_hash = np.where(take, short_hash * _MIX + tokens[np.minimum(token_offsets[short] + j, total - 1)], short_hash)
         hashes[offsets[short]] = short_hash
     hashes = fmix64(hashes)
-    return Shingles(hashes, offsets, _text_keys(hashes, offsets) if text_keys else None)
+    return Shingles(hashes, offsets, _text_keys(tokens, token_offsets, position) if text_keys else None)
 
 
-def _text_keys(hashes: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Per text, the sum and the xor of its (mixed) shingle hashes, plus its shingle count: a
-    128-bit key of the multiset of its n-grams, which overlapping n-grams pin to one word sequence
-    (texts that differ only by a periodic shuffle would share it, and have Jaccard 1.0 anyway)."""
+def _position_mixes(length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Two fixed random 64-bit values per token position (the first odd), for `_text_keys`."""
+    at = np.arange(length, dtype=np.uint64)
+    return fmix64(at * _MIX + np.uint64(1)) | np.uint64(1), fmix64(at * _MIX + np.uint64(2))
+
+
+def _text_keys(tokens: np.ndarray, offsets: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Per text, a 128-bit key of its token sequence: the sum of token hash x a random odd value
+    of its position, and the xor of token hash + another random value of its position, plus the
+    token count in the first word. Texts with the same tokens in another order get other keys
+    (whatever the shingle size), so exact duplicates are the same tokens in the same order."""
     counts = np.diff(offsets)
     keys = np.zeros((len(counts), 2), dtype=np.uint64)
     nonempty = np.flatnonzero(counts)
     if len(nonempty):
-        keys[nonempty, 0] = np.add.reduceat(hashes, offsets[nonempty]) + counts[nonempty].astype(np.uint64)
-        keys[nonempty, 1] = np.bitwise_xor.reduceat(hashes, offsets[nonempty])
+        times, plus = _position_mixes(int(counts.max()))
+        keys[nonempty, 0] = np.add.reduceat(tokens * times[position], offsets[nonempty]) + counts[nonempty].astype(np.uint64)
+        keys[nonempty, 1] = np.bitwise_xor.reduceat(tokens + plus[position], offsets[nonempty])
     return keys
 
 

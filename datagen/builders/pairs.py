@@ -20,7 +20,8 @@ import polars as pl
 from datagen.builders.config import PairsConfig
 from datagen.errors import DatagenError
 from datagen.generate import MESSAGE
-from datagen.minhash import Shingles, jaccard, normalize, shingle
+from datagen.minhash import Shingles, jaccard, shingle
+from datagen.text import normalize_series
 
 # Prompt-level provenance copied onto every pair.
 PROVENANCE = ("prompt_id", "template_id", "slots", "persona", "difficulty", "topic", "task_type", "reference", "seed", "model", "backend", "sampling",
@@ -194,21 +195,27 @@ def length_ratio(a: str, b: str) -> float:
 
 
 class SideCheck:
-    """Why two sides must not make a pair (identical, near-duplicate, lengths too far apart), or None."""
+    """Why two sides must not make a pair (identical, near-duplicate, lengths too far apart), or None.
+
+    Sides are compared as `datagen.text` normalises and tokenises them: identical means equal after
+    normalisation (NFKC, whitespace, case), near-duplicate is the Jaccard similarity of token
+    shingles (words, or characters in scripts written without spaces)."""
 
     def __init__(self, shard: Shard, columns: list[str], config: PairsConfig):
         self.shard, self.config, self.columns = shard, config, columns
         texts = pl.concat([pl.Series(shard.column(c), dtype=pl.String) for c in columns])
-        self.shingles: Shingles = shingle(normalize(texts), config.shingle_size)
+        self.shingles: Shingles = shingle(texts, config.shingle_size)
+        self.normalized = normalize_series(texts).to_list()
 
-    def _shingles(self, side: Side) -> np.ndarray:
-        return self.shingles.of(self.columns.index(side.column) * len(self.shard.ids) + side.row)
+    def _index(self, side: Side) -> int:
+        return self.columns.index(side.column) * len(self.shard.ids) + side.row
 
     def __call__(self, option: Option) -> str | None:
         chosen, rejected = self.shard.text(option.chosen), self.shard.text(option.rejected)
-        if chosen.strip() == rejected.strip():
+        a, b = self._index(option.chosen), self._index(option.rejected)
+        if (self.normalized[a] or "") == (self.normalized[b] or ""):
             return "identical"
-        if jaccard(self._shingles(option.chosen), self._shingles(option.rejected)) >= self.config.near_duplicate_threshold:
+        if jaccard(self.shingles.of(a), self.shingles.of(b)) >= self.config.near_duplicate_threshold:
             return "near_duplicate"
         limit = self.config.max_length_ratio
         if limit is not None and length_ratio(chosen, rejected) > limit:

@@ -6,8 +6,10 @@ Definitions (all over the rows alive when the stage starts):
   cosine to an already kept sibling exceeds `sibling_threshold` is dropped.
 - cross-set cluster: connected component of the graph "cosine > cluster_threshold" that holds
   outputs of at least two prompts (siblings alone are the sibling check's business).
-- repeated prefix: an output of at least `prefix_tokens` words whose first `prefix_tokens`
-  words (lowercased, punctuation ignored) also open an output of another prompt.
+- repeated prefix: an output of at least `prefix_tokens` tokens whose first `prefix_tokens`
+  tokens also open an output of another prompt. Tokens are `datagen.text`'s (NFKC, lowercased,
+  punctuation ignored; words, or single characters in scripts written without spaces), as are
+  the n-grams of distinct-n.
 - a row is collapsed when it is in a cross-set cluster or has a repeated prefix; a group's
   collapse rate is the fraction of its rows that are collapsed. A template or persona with at
   least `min_group_size` rows and a collapse rate above `max_collapse_rate` stops the run.
@@ -26,10 +28,10 @@ from datagen.embeddings import DEFAULT_MODEL, connected_labels, encode, load_enc
 from datagen.errors import DatagenError
 from datagen.paths import ModelRef
 from datagen.stages.base import FittedVerdicts, StageConfigBase, verdict
+from datagen.text import tokenize
 
 GROUPS = {"template": "template_id", "persona": "persona"}
 INPUT_COLUMNS = ["candidate_id", "prompt_id", "sample_index", "template_id", "persona", "completion"]
-WORD = r"\w+"
 
 
 class CollapseConfig(StageConfigBase):
@@ -39,7 +41,7 @@ class CollapseConfig(StageConfigBase):
     batch_size: int = Field(64, ge=1, description="texts per encoder batch")
     sibling_threshold: float = Field(0.95, gt=0, lt=1, description="cosine above which a sample duplicates a kept sibling")
     cluster_threshold: float = Field(0.95, gt=0, lt=1, description="cosine above which outputs of different prompts are near-identical")
-    prefix_tokens: int | None = Field(8, ge=1, description="words of the opening compared across prompts; null turns it off")
+    prefix_tokens: int | None = Field(8, ge=1, description="tokens (words; characters in scripts without spaces) of the opening compared across prompts; null turns it off")
     max_collapse_rate: float | None = Field(0.5, ge=0, le=1, description="stop the run above this collapse rate; null only reports")
     min_group_size: int = Field(20, ge=1, description="templates/personas with fewer rows never stop the run")
     drop_cross_set: bool = Field(False, description="also drop every row of a cross-set cluster but its first survivor")
@@ -101,7 +103,7 @@ class CollapseStage:
         c = self.config
         sibling_duplicate, max_sibling_sim = sibling_verdicts(rows, vectors, c.sibling_threshold)
         root = connected_labels(rows.height, similar_pairs(vectors, c.cluster_threshold, c.block_size))
-        words = pl.col("completion").str.to_lowercase().str.extract_all(WORD)
+        words = pl.lit(tokenize(rows["completion"]))
         if c.prefix_tokens is None:
             prefix = pl.lit(None, dtype=pl.String)
         else:
@@ -159,7 +161,7 @@ class CollapseStage:
         shown = ", ".join(offenders[:4]) + (f" and {len(offenders) - 4} more" if len(offenders) > 4 else "")
         what = "near-identical to another prompt's output"
         if c.prefix_tokens is not None:
-            what += f" or opening with the same {c.prefix_tokens} words"
+            what += f" or opening with the same {c.prefix_tokens} tokens"
         raise DatagenError(
             f"stage {self.label!r}: the generator collapsed for {shown}: outputs {what} (max_collapse_rate {c.max_collapse_rate})"
         )
@@ -214,7 +216,7 @@ def group_statistics(flagged: pl.DataFrame, vectors: np.ndarray, column: str) ->
 def distinct_n(rows: pl.DataFrame, column: str) -> pl.DataFrame:
     """Distinct-1 and distinct-2 per group: unique n-grams over all n-grams of the group's outputs."""
     words = (
-        rows.select(column, "_i", pl.col("completion").str.to_lowercase().str.extract_all(WORD).alias("word"))
+        rows.select(column, "_i", pl.lit(tokenize(rows["completion"])).alias("word"))
         .explode("word")
         .drop_nulls("word")
         .with_columns(bigram=pl.concat_str(pl.col("word"), pl.col("word").shift(-1).over("_i"), separator=" "))

@@ -1,12 +1,18 @@
 """Duplicate candidates: exact (normalized text) then near (MinHash LSH confirmed by exact Jaccard),
 optionally decontaminated against a reference set (eval prompts).
 
+Texts are compared as `datagen.text` normalises and tokenises them (NFKC, lowercase; words, or one
+character per token in scripts written without spaces; symbols for texts without letters or
+digits): exact duplicates have the same tokens in the same order, near-duplicates a Jaccard
+similarity of token `shingle_size`-grams at or above the threshold.
+
 Dedup is global, so the stage decides every verdict in `fit` over all alive rows of the run and
 each shard only looks its rows up; a resumed run refits on the same rows and gets the same verdicts.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -31,11 +37,12 @@ class DedupConfig(StageConfigBase):
     column: Literal["completion", "prompt", "both"] = Field(
         "completion", description="prompt: the last user message; both: prompt and completion together"
     )
-    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of word shingles at which rows are near-duplicates")
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of token shingles at which rows are near-duplicates")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash signature size (one-permutation bins)")
     # Five-word shingles (as in datatrove and text-dedup): one changed word in a 100-word text
     # still leaves Jaccard ~0.9, while paraphrases that share phrases but not sentences stay apart.
-    shingle_size: int = Field(5, ge=1, le=32, description="words per shingle")
+    # In scripts written without spaces a token is one character: 5-character shingles there.
+    shingle_size: int = Field(5, ge=1, le=32, description="tokens (words; characters in scripts without spaces) per shingle")
     bands: int | None = Field(None, ge=2, description="LSH bands; default: chosen for recall at the threshold")
     keep: Literal["first", "best"] = "first"
     score_column: str | None = Field(None, description="with keep: best, the row with the highest score is kept")
@@ -76,14 +83,37 @@ def read_table(path: Path, what: str) -> pl.DataFrame:
 
 
 def text_column(frame: pl.DataFrame, column: str, source: str | Path, field: str) -> pl.Series:
+    """The column of texts to compare: strings (dictionary-encoded ones, such as pandas'
+    "category", are text too) or all nulls; any other type is refused, never converted. In a JSONL
+    file, polars reads a column mixing strings with numbers or objects as JSON text: such a column
+    is refused too, naming the first row that is not a string."""
     if column not in frame.columns:
         raise DatagenError(f"no column {column!r} (columns: {', '.join(frame.columns)})", source, field)
     series = frame[column]
-    if series.dtype == pl.Null:
+    if series.dtype == pl.Null or isinstance(series.dtype, (pl.Categorical, pl.Enum)):
         return series.cast(pl.String)
     if series.dtype != pl.String:
         raise DatagenError(f"column {column!r} holds {series.dtype}, not text", source, field)
+    if Path(source).suffix.lower() in (".jsonl", ".ndjson") and Path(source).is_file():
+        _require_json_strings(Path(source), column, field)
     return series
+
+
+def _require_json_strings(path: Path, column: str, field: str) -> None:
+    """Refuse a JSONL column whose values are not all strings (or null), by a strict second
+    reading of that column alone with pyarrow, which stops at the first value of another type."""
+    import pyarrow as pa
+    import pyarrow.json as pa_json
+
+    options = pa_json.ParseOptions(explicit_schema=pa.schema([(column, pa.string())]), unexpected_field_behavior="ignore")
+    block = min(max(path.stat().st_size + 1, 1 << 20), (1 << 31) - 1)  # one block: row numbers count from the file's start
+    try:
+        pa_json.read_json(path, read_options=pa_json.ReadOptions(block_size=block), parse_options=options)
+    except pa.ArrowInvalid as err:
+        found = re.search(r"changed from string to (\w+)(?: in row (\d+))?", str(err))
+        if found:
+            where = f" in row {int(found.group(2)) + 1}" if found.group(2) else ""
+            raise DatagenError(f"column {column!r} holds a {found.group(1)}{where} among its strings: not text, and not converted", path, field) from None
 
 
 SKETCH_CHUNK = 8192  # texts sketched at a time (their arrays stay in cache), then only keys are kept

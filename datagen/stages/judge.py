@@ -17,8 +17,10 @@ from typing import Annotated, Any, Callable, ClassVar, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
+from datagen import strict_json
 from datagen.backends import Backend, ChatRequest, Generation, make_backend
 from datagen.backends.stage_model import OneCompletionSampling, StageModel
+from datagen.errors import first_line
 from datagen.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
 from datagen.rubrics import SCALE, Rubric, load_rubric
@@ -190,12 +192,16 @@ class JudgeStage:
         if not generation.completions:
             return None, "backend returned no completion"
         completion = generation.completions[0]
+        cut = " (cut off at max_tokens)" if completion.finish_reason == "length" else ""
+        try:  # strict JSON (no NaN / Infinity / duplicate keys), as everywhere datagen reads a model's JSON
+            data = strict_json.loads(completion.text)
+        except ValueError as err:
+            return None, f"unparsable verdict: invalid JSON: {first_line(err)}{cut}"[:300]
         try:
-            return self.verdict.model_validate_json(completion.text), None
+            return self.verdict.model_validate(data), None
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
-            cut = " (cut off at max_tokens)" if completion.finish_reason == "length" else ""
             return None, f"unparsable verdict: {where + ': ' if where else ''}{first['msg']}{cut}"[:300]
 
     def _request(self, key: str, row: dict[str, Any], responses: list[tuple[str, str]]) -> ChatRequest:

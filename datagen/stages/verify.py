@@ -9,13 +9,12 @@ results of the candidate's functions, which run in the bubblewrap sandbox) and
 from __future__ import annotations
 
 import ast
-import json
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Iterator, Literal, Union
 
 import jsonschema
 import polars as pl
@@ -23,12 +22,14 @@ import regex
 import yaml
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
+from datagen import strict_json
 from datagen.answers import equivalent, final_answer, parse_reference
 from datagen.paths import InputFile
 from datagen.sandbox import MAXIMA, SandboxLimits, bwrap_path, call_functions
 from datagen.sandbox.suite import Suite, TestsError
 from datagen.schema import StrictModel
 from datagen.stages.base import StageConfigBase
+from datagen.text import normalize as normalize_text
 
 
 @dataclass(frozen=True)
@@ -150,18 +151,21 @@ class JsonSchemaVerifier(StrictModel):
             where = "/".join(map(str, err.absolute_path)) or "top level"
             raise ValueError(f"invalid JSON schema at {where}: {one_line(err.message, 160)}") from None
         self._validator = cls(schema)
+        _check_references(self._validator)
         return self
 
     def check(self, row: dict[str, Any]) -> Verdict:
+        """The completion (or its last ```json block) parsed by `datagen.strict_json` (NaN,
+        Infinity and duplicate keys are invalid JSON), then validated against the schema."""
         text = (row["completion"] or "").strip()
         try:
-            instance = json.loads(text)
+            instance = strict_json.loads(text)
         except ValueError as err:
             fenced = JSON_FENCE.findall(text)
             if not fenced:
                 return Verdict.fail("invalid_json", str(err))
             try:
-                instance = json.loads(fenced[-1])
+                instance = strict_json.loads(fenced[-1])
             except ValueError as err2:
                 return Verdict.fail("invalid_json", f"in the ```json block: {err2}")
         error = jsonschema.exceptions.best_match(self._validator.iter_errors(instance))
@@ -169,6 +173,41 @@ class JsonSchemaVerifier(StrictModel):
             where = "/".join(map(str, error.absolute_path)) or "(root)"
             return Verdict.fail("schema_mismatch", f"{where}: {error.message}")
         return Verdict(True)
+
+
+# Instances every $ref-bearing subschema is tried on when the verifier is built: a reference
+# cycle that consumes no input ({"$ref": "#"}) recurses on any of them, an unresolvable
+# reference fails on any of them.
+_PROBES: tuple[Any, ...] = (None, {}, [], 0, "", True)
+_NOT_SCHEMAS = {"enum", "const", "default", "examples"}  # keywords whose values are data
+
+
+def _ref_subschemas(node: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            yield node
+        for key, value in node.items():
+            if key not in _NOT_SCHEMAS:
+                yield from _ref_subschemas(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _ref_subschemas(item)
+
+
+def _check_references(validator: Any) -> None:
+    """Raise ValueError (one line) when a $ref of the schema cannot be resolved or leads to a cycle
+    that never reaches a constraint, so the schema is refused when the recipe loads rather than
+    failing every row."""
+    for sub in _ref_subschemas(validator.schema):
+        checker = validator.evolve(schema=sub)
+        try:
+            for probe in _PROBES:
+                for _ in checker.iter_errors(probe):
+                    pass
+        except RecursionError:
+            raise ValueError(f"invalid JSON schema: $ref {sub['$ref']!r} refers back to itself without end (a reference cycle)") from None
+        except Exception as err:  # noqa: BLE001 - referencing.Unresolvable, or any other reason the schema cannot be applied
+            raise ValueError(f"invalid JSON schema: cannot resolve $ref {sub['$ref']!r} ({one_line(str(err), 120)})") from None
 
 
 class _TextMatchVerifier(StrictModel):
@@ -184,11 +223,8 @@ class _TextMatchVerifier(StrictModel):
         return value
 
     def normalize(self, text: str) -> str:
-        if self.whitespace == "collapse":
-            text = " ".join(text.split())
-        elif self.whitespace == "strip":
-            text = text.strip()
-        return text.casefold() if self.ignore_case else text
+        """`datagen.text.normalize`: NFKC, whitespace as configured, lowercase with ignore_case."""
+        return normalize_text(text, casefold=self.ignore_case, whitespace=self.whitespace)
 
     def target(self, row: dict[str, Any]) -> str | None:
         target = self.value if self.value is not None else row.get("reference")
