@@ -5,7 +5,8 @@
 Every candidate is a shipped reference solution of templates/python_functions.yaml, fenced as a
 model would write it, checked by `PythonTestsVerifier.check` exactly as the verify stage does
 (sandbox start, the candidate's import, the template's tests, teardown). Reported: median and
-p90 wall seconds per candidate with one worker, and candidates per second with `--workers`
+p90 wall seconds per candidate with one worker, the CPU seconds per candidate of datagen and all
+the sandbox's processes (steadier than wall time on a shared machine), and candidates per second with `--workers`
 threads (the verify stage's pool). The baseline is a bare `python -I -S -c pass` of the same
 interpreter, the floor any process-per-candidate design pays.
 """
@@ -13,6 +14,7 @@ interpreter, the floor any process-per-candidate design pays.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +28,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from datagen.stages.verify import PythonTestsVerifier  # noqa: E402
+
+
+class CpuMeter:
+    """CPU seconds of this process and every process it starts, wherever they are reparented:
+    a cpuacct cgroup (v1) this process moves into. rusage would miss the sandboxed processes,
+    which bwrap's init reaps, not datagen. None where no such cgroup can be made."""
+
+    def __init__(self):
+        self.group = Path("/sys/fs/cgroup/cpuacct") / f"bench-sandbox-{os.getpid()}"
+        try:
+            self.group.mkdir()
+            (self.group / "cgroup.procs").write_text(str(os.getpid()))
+        except OSError:
+            self.group = None
+
+    def seconds(self) -> float | None:
+        return int((self.group / "cpuacct.usage").read_text()) / 1e9 if self.group else None
+
+    def close(self) -> None:
+        if self.group:
+            (self.group.parent / "cgroup.procs").write_text(str(os.getpid()))
+            self.group.rmdir()
 
 
 def rows() -> list[dict]:
@@ -44,11 +68,15 @@ def main() -> None:
 
     verifier.check(batch[0])  # warm the page cache
     seconds, failed = [], 0
+    meter = CpuMeter()
+    cpu_before = meter.seconds()
     for row in batch:
         started = time.perf_counter()
         verdict = verifier.check(row)
         seconds.append(time.perf_counter() - started)
         failed += not verdict.keep
+    cpu_after = meter.seconds()
+    meter.close()
     floor = []
     for _ in range(10):
         started = time.perf_counter()
@@ -61,6 +89,8 @@ def main() -> None:
     seconds.sort()
     print(f"candidates: {len(batch)} reference solutions, {failed} failed (must be 0)")
     print(f"one worker: median {statistics.median(seconds) * 1000:.0f} ms, p90 {seconds[int(0.9 * len(seconds))] * 1000:.0f} ms per candidate")
+    if cpu_before is not None:
+        print(f"CPU per candidate (datagen + every sandbox process): {(cpu_after - cpu_before) / len(batch) * 1000:.0f} ms")
     print(f"bare interpreter start (floor): median {statistics.median(floor) * 1000:.0f} ms")
     print(f"{args.workers} workers: {len(batch) / elapsed:.1f} candidates/s ({sum(not v.keep for v in parallel)} failed)")
 
