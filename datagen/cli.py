@@ -12,6 +12,7 @@ from pathlib import Path
 from datagen.errors import DatagenError, first_line
 
 EXIT_USER_ERROR = 2
+MAX_ROWS_SHOWN = 2**31 - 1  # --rows / -n past any table's length mean "all"
 COUNTEREXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "pipelines" / "counterexamples.yaml"
 
 
@@ -182,7 +183,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
         raise DatagenError("must be at least 1", field="-n")
     loaded = load_recipe(args.recipe, args.overrides)
     prompts = expand_prompts(loaded)
-    for row in prompts.head(args.n).iter_rows(named=True):
+    for row in prompts.head(min(args.n, MAX_ROWS_SHOWN)).iter_rows(named=True):
         print(f"=== {row['template_id']}  prompt_id={row['prompt_id']}")
         print(f"slots: {json.dumps(json.loads(row['slots']))}")
         for message in row["messages"]:
@@ -208,6 +209,12 @@ def cmd_dedup(args: argparse.Namespace) -> int:
         ".jsonl": lambda path, frame: atomic_write_bytes(path, frame.write_ndjson().encode()),
     }
     writers[".ndjson"] = writers[".jsonl"]
+    if args.out.is_dir():
+        raise DatagenError("is a directory; name the output file (.parquet or .jsonl)", args.out, "--out")
+    if args.out.exists() and args.input.exists() and os.path.samefile(args.out, args.input):
+        raise DatagenError(f"is the input file ({args.input}); write the deduplicated table to another file", args.out, "--out")
+    if args.reference is not None and args.out.exists() and args.reference.exists() and os.path.samefile(args.out, args.reference):
+        raise DatagenError(f"is the reference file ({args.reference}); write the deduplicated table to another file", args.out, "--out")
     write = writers.get(args.out.suffix.lower())
     if write is None:
         raise DatagenError(f"unknown output file extension {args.out.suffix or '(none)'!r}: use .parquet or .jsonl", args.out, "--out")
@@ -262,7 +269,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.rows is not None and args.rows < 0:
         raise DatagenError("must be at least 0", field="--rows")
     try:
-        inspect(args.dir, args.rows, args.where)
+        inspect(args.dir, None if args.rows is None else min(args.rows, MAX_ROWS_SHOWN), args.where)  # more than there are: all
     except BrokenPipeError:  # `datagen inspect DIR | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
@@ -273,10 +280,12 @@ def cmd_counterexamples(args: argparse.Namespace) -> int:
     from datagen.counterexamples.failures import read_failures, read_train
     from datagen.recipe import load_recipe
 
-    if args.budget < 1:
-        raise DatagenError("must be at least 1", field="--budget")
-    if args.k is not None and args.k < 1:
-        raise DatagenError("must be at least 1", field="--k")
+    from datagen.recipe import MAX_COUNT
+
+    if not 1 <= args.budget <= MAX_COUNT:
+        raise DatagenError(f"must be between 1 and {MAX_COUNT} (got {args.budget})", field="--budget")
+    if args.k is not None and not 1 <= args.k <= MAX_COUNT:
+        raise DatagenError(f"must be between 1 and {MAX_COUNT} (got {args.k})", field="--k")
     # JSON strings are YAML strings: a path with ': ' or '#' stays a path.
     overrides = [f"input.failures={json.dumps(str(args.failures.resolve()))}", f"budget={args.budget}",
                  f"input.train={json.dumps(str(args.train.resolve())) if args.train else 'null'}"]

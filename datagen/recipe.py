@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from datagen.builders.config import PairsConfig
@@ -20,12 +19,17 @@ from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.schema import BackendConfig, StrictModel
 from datagen.stages import StageConfig
 from datagen.templates import Template, load_template
-from datagen.yaml_io import read_yaml
+from datagen.yaml_io import parse_yaml, read_yaml
+
+
+# Range checks made before anything is expanded: a count or seed past these is a typo or an attack.
+MAX_COUNT = 1_000_000  # prompts per template
+MAX_SEED = 2**63 - 1  # seeds are stored as Int64
 
 
 class TemplateUse(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    count: int | None = Field(None, ge=1, description="prompts to draw; all combinations in product mode when unset")
+    count: int | None = Field(None, ge=1, le=MAX_COUNT, description="prompts to draw; all combinations in product mode when unset")
 
 
 class OutputConfig(StrictModel):
@@ -49,7 +53,7 @@ class ExecutionConfig(StrictModel):
 class Recipe(StrictModel):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     template_dirs: list[RecipePath] = Field(default_factory=lambda: ["../templates"], validate_default=True)
     templates: list[TemplateUse] = Field(min_length=1)
     backend: BackendConfig = Field(default_factory=BackendConfig)
@@ -57,7 +61,7 @@ class Recipe(StrictModel):
     output: OutputConfig = Field(default_factory=OutputConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     input: InputConfig | None = Field(None, description="failures to target: prompts come from their clusters instead of templates' slots")
-    budget: int | None = Field(None, ge=1, description="with input: prompts to spread across the failure clusters")
+    budget: int | None = Field(None, ge=1, le=MAX_COUNT, description="with input: prompts to spread across the failure clusters")
 
     @field_validator("stages")
     @classmethod
@@ -185,9 +189,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not key.strip():
         raise DatagenError("expected key.path=value", f"--set {text}")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
+        value = parse_yaml(raw, f"--set {key.strip()}") if raw.strip() else ""
+    except DatagenError as err:
+        if not err.message.startswith("YAML syntax error"):
+            raise  # past a limit (aliases, depth)
+        value = raw  # not YAML: the text as it is
     return key.strip().split("."), value
 
 

@@ -16,14 +16,17 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+MAX_TOKENS = 1 << 20  # longer than any model's context
+
+
 class SamplingConfig(StrictModel):
     n: int = Field(1, ge=1, le=1024, description="completions per prompt")
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     top_p: float = Field(0.95, gt=0.0, le=1.0)
-    max_tokens: int = Field(256, ge=1)
-    min_tokens: int = Field(0, ge=0)
+    max_tokens: int = Field(256, ge=1, le=MAX_TOKENS)
+    min_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
     stop: list[str] = Field(default_factory=list)
-    seed: int | None = Field(None, ge=0, description="base seed for sampling; the recipe seed when unset")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="base seed for sampling; the recipe seed when unset")
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "SamplingConfig":
@@ -51,7 +54,7 @@ class BackendConfig(StrictModel):
     )
     max_concurrency: int = Field(16, ge=1, le=4096, description="requests in flight at once")
     max_retries: int = Field(5, ge=0, le=20, description="retries per request on 408/409/429/5xx, timeouts and dropped connections")
-    timeout_s: float = Field(600.0, gt=0, description="seconds per attempt")
+    timeout_s: float = Field(600.0, gt=0, le=86_400, allow_inf_nan=False, description="seconds per attempt")
     # Sent as extra JSON fields of every request: server-specific parameters (vLLM: top_k, ...).
     extra_body: dict[str, Any] = Field(default_factory=dict)
     system_prompt: Literal["keep", "fold"] = Field(

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
+from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 from pydantic import ValidationError
 
+from datagen.bounded import Exceeded, TimeLimit, run_bounded
 from datagen.errors import DatagenError, from_validation_error
 from datagen.schema import PROMOTED_SLOTS, SlotValue, TemplateSpec
-from datagen.yaml_io import read_yaml
+from datagen.yaml_io import WrittenFloat, WrittenInt, read_yaml
 
 # Above this many raw combinations we sample slot values independently instead of enumerating.
 ENUMERATION_LIMIT = 200_000
@@ -29,10 +31,42 @@ JINJA_FIELDS = ("system", "user", "reference", "tests")
 # would exhaust memory before any limit noticed.
 MAX_PRODUCT_LENGTH = 1_000_000
 MAX_POWER_BITS = 100_000
+# Bounds on a template's whole expansion (selection, `where`, rendering), which runs in a child
+# process (datagen.bounded): seconds = EXPAND_SECONDS + EXPAND_SECONDS_PER_PROMPT * prompts, memory
+# beyond what datagen already uses, and characters per rendered field.
+EXPAND_SECONDS = 5.0
+EXPAND_SECONDS_PER_PROMPT = 0.001
+EXPAND_MEMORY_BYTES = 1 << 30
+MAX_RENDERED_CHARS = 1_000_000
+
+
+class _NoFolding(CodeGenerator):
+    """Jinja's code generator without constant folding of output: `{{ 'x'|center(2000000000) }}`
+    would otherwise be computed while compiling, in this process and outside every limit."""
+
+    def _output_child_to_const(self, node, frame, finalize):
+        raise nodes.Impossible()
+
+
+class _NoFoldingTracker(meta.TrackingCodeGenerator):
+    def __init__(self, environment):
+        CodeGenerator.__init__(self, environment, "<introspection>", "<introspection>", optimized=False)
+        self.undeclared_identifiers: set[str] = set()
+
+    def _output_child_to_const(self, node, frame, finalize):
+        raise nodes.Impossible()
+
+
+def _undeclared(ast: nodes.Template) -> set[str]:
+    """jinja2.meta.find_undeclared_variables, without constant folding (see _NoFolding)."""
+    tracker = _NoFoldingTracker(ast.environment)
+    tracker.visit(ast)
+    return tracker.undeclared_identifiers
 
 
 class _TemplateSandbox(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
+    code_generator_class = _NoFolding
 
     def call_binop(self, context, operator, left, right):
         if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and right * max(abs(left).bit_length() - 1, 0) > MAX_POWER_BITS:
@@ -45,7 +79,9 @@ class _TemplateSandbox(ImmutableSandboxedEnvironment):
 
 
 def _environment() -> ImmutableSandboxedEnvironment:
-    return _TemplateSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
+    # optimized=False: the optimizer folds constant expressions while compiling, in this process and
+    # outside every limit (`{{ "%02000000000d" % 1 }}` would be computed at load time).
+    return _TemplateSandbox(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False, optimized=False)
 
 
 def slot_key(value: SlotValue) -> str:
@@ -77,23 +113,57 @@ class Template:
             return bool(self.where(**combo))
         except (jinja2.UndefinedError, SecurityError, TypeError, ValueError, ArithmeticError, RecursionError) as err:
             raise self._fail("where", f"cannot evaluate: {err}") from None
+        except TimeLimit:
+            raise self._fail("where", _TOO_SLOW) from None
+        except MemoryError:
+            raise self._fail("where", _TOO_BIG) from None
 
     def render(self, field: str, combo: dict[str, SlotValue]) -> str | None:
         template = self.compiled.get(field)
         if template is None:
             return None
         try:
-            return template.render(**combo).strip()
+            text = template.render(**combo).strip()
+        except TimeLimit:
+            raise self._fail(field, _TOO_SLOW) from None
+        except MemoryError:
+            raise self._fail(field, _TOO_BIG) from None
         except SecurityError as err:
             raise self._fail(field, f"refused by the template sandbox: {err}") from None
         except jinja2.UndefinedError as err:
             raise self._fail(field, f"undefined value: {err}") from None
         except (TypeError, ValueError, ArithmeticError, RecursionError, jinja2.TemplateError) as err:
             raise self._fail(field, f"cannot render: {err}") from None
+        if len(text) > MAX_RENDERED_CHARS:
+            raise self._fail(field, f"renders to {len(text)} characters, more than the {MAX_RENDERED_CHARS} allowed")
+        return text
+
+
+_TOO_SLOW = "rendering takes longer than the template time limit (a loop or an expansion too large)"
+_TOO_BIG = f"rendering needs more than {EXPAND_MEMORY_BYTES >> 20} MiB of memory (a value or a loop too large)"
+
+
+def _check_written_numbers(path: Path, data: dict) -> None:
+    """Slot values written as unquoted numbers that do not print as written (`012`, `0x1F`, `1e3`,
+    `2.50`) would put another text into the prompt than the one in the file: refused."""
+    slots = data.get("slots")
+    if not isinstance(slots, dict):
+        return
+    for name, values in slots.items():
+        for i, value in enumerate(values if isinstance(values, list) else []):
+            for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+                if isinstance(item, (WrittenInt, WrittenFloat)):
+                    field = f"slots.{name}[{i}]" + (f".{key}" if key is not None else "")
+                    raise DatagenError(
+                        f"the unquoted value {item.text} reads as the number {item!r}; quote it ('{item.text}') to keep the text as written",
+                        path,
+                        field,
+                    )
 
 
 def load_template(path: Path) -> Template:
-    data = read_yaml(path, "template file")
+    data = read_yaml(path, "template file", written_numbers=True)
+    _check_written_numbers(path, data)
     try:
         spec = TemplateSpec.model_validate(data)
     except ValidationError as err:
@@ -111,7 +181,7 @@ def load_template(path: Path) -> Template:
             ast = env.parse(source)
         except jinja2.TemplateSyntaxError as err:
             raise DatagenError(f"template syntax error at line {err.lineno}: {err.message}", path, field) from None
-        names = meta.find_undeclared_variables(ast)
+        names = _undeclared(ast)
         unknown = sorted(names - set(spec.slots))
         if unknown:
             raise DatagenError(f"unknown slot {unknown[0]!r} (declared: {', '.join(sorted(spec.slots)) or 'none'})", path, field)
@@ -120,7 +190,7 @@ def load_template(path: Path) -> Template:
     where = None
     if spec.where is not None:
         try:
-            names = meta.find_undeclared_variables(env.parse("{{ " + spec.where + " }}"))
+            names = _undeclared(env.parse("{{ " + spec.where + " }}"))
             where = env.compile_expression(spec.where)
         except jinja2.TemplateSyntaxError as err:
             raise DatagenError(f"expression syntax error: {err.message}", path, "where") from None
@@ -254,4 +324,17 @@ def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int) ->
 
 
 def expand(template: Template, count: int | None, seed: int) -> list[dict[str, Any]]:
+    """The rendered prompt rows of one template, computed under a time and memory limit (see
+    EXPAND_SECONDS, EXPAND_MEMORY_BYTES); raises DatagenError naming the template (and the field,
+    when known) on a breach."""
+    prompts = count if count is not None else min(template.combination_count(), ENUMERATION_LIMIT)
+    seconds = EXPAND_SECONDS + EXPAND_SECONDS_PER_PROMPT * prompts
+    try:
+        return run_bounded(lambda: _expand(template, count, seed), seconds, EXPAND_MEMORY_BYTES)
+    except Exceeded as err:
+        message = _TOO_SLOW if err.what == "time" else _TOO_BIG
+        raise DatagenError(f"{message}; limit {seconds:g} s" if err.what == "time" else message, template.path) from None
+
+
+def _expand(template: Template, count: int | None, seed: int) -> list[dict[str, Any]]:
     return [render_prompt(template, combo, seed) for combo in select_combinations(template, count, seed)]
