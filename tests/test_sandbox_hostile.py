@@ -259,22 +259,23 @@ def test_host_files_are_not_visible():
 
 
 def world_writable_host_dirs() -> list[Path]:
-    found = []
-    for top in ("/tmp", "/var/tmp", "/dev/shm", "/run", "/run/lock", "/var/lock", "/var/crash", "/var/mail", "/work", "/home", str(REPO)):
-        path = Path(top)
-        if path.is_dir() and not path.is_symlink():
-            found.append(path)
-            try:
-                found += [p for p in path.iterdir() if p.is_dir() and not p.is_symlink() and p.stat().st_mode & 0o002][:20]
-            except OSError:
-                pass
-    return found
+    """Every world-writable folder of the host down to depth 5 (/proc and /sys aside), plus the
+    usual shared ones and the project, which must not be writable from the sandbox either."""
+    found = subprocess.run(
+        ["find", "/", "(", "-path", "/proc", "-o", "-path", "/sys", ")", "-prune", "-o", "-maxdepth", "5", "-type", "d", "-perm", "-0002", "-print"],
+        capture_output=True, text=True, timeout=60,
+    ).stdout.split()  # fmt: skip
+    usual = ["/tmp", "/var/tmp", "/dev/shm", "/run/lock", "/var/lock", "/work", "/home", str(REPO), str(Path.home())]
+    return sorted({Path(p) for p in found + usual if Path(p).is_dir() and not Path(p).is_symlink()})[:500]
 
 
-def test_writes_to_every_world_writable_host_path_never_reach_the_host():
-    targets = world_writable_host_dirs()
+def test_writes_to_every_world_writable_host_path_never_reach_the_host(tmp_path):
+    control = tmp_path / "control"
+    control.mkdir()
+    control.chmod(0o777)
+    targets = world_writable_host_dirs() + [control]
     marker = f"datagen-escape-{os.getpid()}-{time.monotonic_ns()}"
-    result = run(
+    writer = textwrap.dedent(
         f"""
         import os, subprocess
         for folder in {[str(t) for t in targets]!r}:
@@ -285,14 +286,17 @@ def test_writes_to_every_world_writable_host_path_never_reach_the_host():
                         open(path, "w").write("x" * 1000)
                     else:
                         subprocess.run(["/bin/sh", "-c", f"echo x > {{path}}"], timeout=2)
-                except Exception as exc:
+                except Exception:
                     pass
-        """,
-        max_processes=8,
+        """
     )
+    result = run(writer, max_processes=8)
     assert result.status in ("passed", "failed"), result
     leaked = [str(t / (marker + how)) for t in targets for how in ("open", "shell") if (t / (marker + how)).exists()]
     assert leaked == []
+    # The same program outside the sandbox does write: the check above can see a leak.
+    subprocess.run([sys.executable, "-c", writer.replace(repr([str(t) for t in targets]), repr([str(control)]))], check=True, timeout=30)
+    assert sorted(p.name for p in control.iterdir()) == [marker + "open", marker + "shell"]
 
 
 def test_disk_filling_stops_at_the_quota():
@@ -318,6 +322,8 @@ def test_disk_filling_stops_at_the_quota():
 
 
 def test_memory_spread_over_children_is_bounded_for_the_whole_tree():
+    # Eight children each fill 100 MB and hold it for 3 s (all the holds overlap): a child that
+    # gets through exits 0; one stopped by the limit dies of a signal or a MemoryError.
     result = run(
         """
         import os, time
@@ -325,25 +331,22 @@ def test_memory_spread_over_children_is_bounded_for_the_whole_tree():
         for _ in range(8):
             pid = os.fork()
             if pid == 0:
-                try:
-                    block = bytearray(100 * 2**20)
-                    for i in range(0, len(block), 4096):
-                        block[i] = 1
-                    os.write(1, b"held\\n")
-                    time.sleep(3)
-                finally:
-                    os._exit(0)
+                block = bytearray(100 * 2**20)
+                for i in range(0, len(block), 4096):
+                    block[i] = 1
+                time.sleep(3)
+                os._exit(0)
             kids.append(pid)
-        for pid in kids:
-            os.waitpid(pid, 0)
+        print(sum(os.waitpid(pid, 0)[1] == 0 for pid in kids))
         """,
         memory_mb=256,
         max_processes=16,
-        wall_seconds=10,
+        wall_seconds=20,
     )
-    held = result.stdout.count("held")
+    assert result.status == "passed", result
+    held = int(result.stdout)
     if cgroup.parents() is not None:  # the tree's total is bounded: memory_mb + disk_mb
-        assert held * 100 <= 256 + 32, result
+        assert 1 <= held <= (256 + 32) // 100, result
     else:  # per process only: max_processes x memory_mb
         assert held * 100 <= 16 * 256
 
