@@ -6,7 +6,6 @@ rerun of the same recipe skips finished shards instead of regenerating them.
 
 from __future__ import annotations
 
-import shutil
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from datagen.generate import generate_shard, prompts_frame
 from datagen.progress import StageProgress
 from datagen.recipe import LoadedRecipe
 from datagen.report import write_report
-from datagen.run_dir import RunDir, atomic_write_parquet, content_key, file_digest
+from datagen.run_dir import RunDir, atomic_write_parquet, content_key, file_digest, remove_stage_files
 from datagen.schema import BackendConfig
 from datagen.stages import Stage, StageConfigBase
 from datagen.templates import expand
@@ -133,13 +132,13 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
     current = {run.stage_dir(i, label).name for i, label in enumerate(labels)}
     for old in (run.root / "stages").glob("*") if (run.root / "stages").exists() else []:
         if old.name not in current:  # a stage that was removed or moved
-            shutil.rmtree(old)
+            remove_stage_files(old)
     manifest["stages"] = {label: e for label, e in manifest["stages"].items() if label in labels}
     for index, label in enumerate(labels):
         entry = manifest["stages"].get(label)
         if entry is None or entry.get("key") != keys[index] or entry.get("index") != index:
             # A new or changed stage (or one before it changed): its old shards are stale.
-            shutil.rmtree(run.stage_dir(index, label), ignore_errors=True)
+            remove_stage_files(run.stage_dir(index, label))
             entry = manifest["stages"][label] = {"index": index, "key": keys[index], "shards": {}}
         # The shards to compute, each with the key of the input it is computed from.
         global_input = index > 0 and hasattr(stages[index - 1], "fit")

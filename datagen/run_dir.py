@@ -27,7 +27,7 @@ LOCK = ".lock"
 # What datagen writes in OUT: patterns relative to OUT (run/stages/*/ holds shards, .tmp files are
 # interrupted writes). Everything else in OUT is the user's and is never removed.
 OWN_FILES = (
-    r"run/(manifest\.json|prompts\.parquet|report\.html|\.lock)",
+    r"run/(manifest\.json|prompts\.parquet|report\.html)",  # not run/.lock: removing it would void the lock held
     r"run/stages/\d\d_[^/]+/shard-\d{5}\.parquet",
     r"(pairs/)?(data|\.data\.tmp)/train-\d{5}-of-\d{5}\.parquet",
     r"(pairs/)?README\.md",
@@ -298,6 +298,18 @@ def remove_own_files(out: Path) -> list[Path]:
             folder.rmdir()
             removed.append(folder)
     return removed
+
+
+def remove_stage_files(directory: Path) -> None:
+    """Empty a stage's folder of its shards (and interrupted writes), then remove it if nothing
+    else is left in it: a file the user put there stays."""
+    if directory.is_symlink() or not directory.is_dir():
+        return
+    for path in directory.iterdir():
+        if not path.is_symlink() and path.is_file() and re.fullmatch(r"shard-\d{5}\.parquet|\.[^/]+\.[0-9a-f]{12}\.tmp", path.name):
+            path.unlink()
+    if not any(directory.iterdir()):
+        directory.rmdir()
 
 
 def _has_work(manifest: dict[str, Any]) -> bool:

@@ -145,20 +145,24 @@ _TOO_BIG = f"rendering needs more than {EXPAND_MEMORY_BYTES >> 20} MiB of memory
 
 def _check_written_numbers(path: Path, data: dict) -> None:
     """Slot values written as unquoted numbers that do not print as written (`012`, `0x1F`, `1e3`,
-    `2.50`) would put another text into the prompt than the one in the file: refused."""
+    `2.50`), or as booleans or null (`true`, `~`), would put another text into the prompt than the
+    one in the file: refused."""
     slots = data.get("slots")
     if not isinstance(slots, dict):
         return
     for name, values in slots.items():
         for i, value in enumerate(values if isinstance(values, list) else []):
             for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+                field = f"slots.{name}[{i}]" + (f".{key}" if key is not None else "")
                 if isinstance(item, (WrittenInt, WrittenFloat)):
-                    field = f"slots.{name}[{i}]" + (f".{key}" if key is not None else "")
                     raise DatagenError(
                         f"the unquoted value {item.text} reads as the number {item!r}; quote it ('{item.text}') to keep the text as written",
                         path,
                         field,
                     )
+                if isinstance(item, bool) or (item is None and key is None):
+                    what = f"the boolean {str(item).lower()}" if isinstance(item, bool) else "null (no value)"
+                    raise DatagenError(f"an unquoted value that reads as {what}; quote it to keep the text as written", path, field)
 
 
 def load_template(path: Path) -> Template:

@@ -8,9 +8,24 @@ from datagen.recipe import load_recipe
 
 
 def test_shipped_recipes_validate():
-    for path in PIPELINES.glob("*.yaml"):
+    """Each shipped recipe loads with the templates it lists (ids matching their files), and a
+    template-driven one expands to exactly the prompts its counts ask for, each prompt once."""
+    from datagen.executor import expand_prompts
+
+    paths = sorted(PIPELINES.glob("*.yaml"))
+    assert {p.stem for p in paths} >= {"quickstart", "dpo_pairs", "rejection_sft", "counterexamples", "constitutional"}
+    for path in paths:
         loaded = load_recipe(path)
-        assert loaded.templates
+        recipe = loaded.recipe
+        assert list(loaded.templates) == [t.name for t in recipe.templates], path
+        assert all(template.id == name and template.path.stem == name for name, template in loaded.templates.items())
+        if recipe.input is not None:  # counterexamples: the budget decides, from the failures' clusters
+            assert recipe.budget and all(t.count is None for t in recipe.templates), path
+            continue
+        prompts = expand_prompts(loaded)
+        wanted = {t.name: t.count if t.count is not None else loaded.templates[t.name].combination_count() for t in recipe.templates}
+        assert dict(prompts.group_by("template_id").len().rows()) == wanted, path
+        assert prompts["prompt_id"].n_unique() == prompts.height == sum(wanted.values()), path
 
 
 def test_set_overrides_any_field_and_is_validated(project):

@@ -120,13 +120,85 @@ def test_shipped_templates_render_every_combination(path):
 
 
 def test_math_references_are_numbers_and_python_tests_pass():
+    """Every math reference is a positive number (integer or fraction); every shipped Python task's
+    reference solution passes its tests, and the tests reject a solution that returns nothing."""
+    import ast
+    from fractions import Fraction
+
     math = expand(load_template(TEMPLATES / "math_word_problems.yaml"), 20, seed=0)
+    assert len(math) == 20
     for row in math:
-        value = row["reference"]
-        num, _, den = value.partition("/")
-        float(num), float(den or 1)
+        assert Fraction(row["reference"]) > 0, row["reference"]
     template = load_template(TEMPLATES / "python_functions.yaml")
     for task in template.spec.slots["task"]:
         namespace: dict = {}
         exec(task["solution"], namespace)  # shipped reference solutions, not model output
-        exec(task["tests"], namespace)
+        exec(task["tests"], namespace)  # raises AssertionError if the solution failed
+        names = [node.name for node in ast.parse(task["solution"]).body if isinstance(node, ast.FunctionDef)]
+        assert names, task["id"]
+        wrong = {name: (lambda *args, **kwargs: None) for name in names}
+        with pytest.raises(AssertionError):
+            exec(task["tests"], wrong)
+
+
+def write_raw(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("written", ["1:45", "yes", "no", "on", "off", "2026-11-29", "1_000", "0b101", "12:30:45", "y", "n", "~x"])
+def test_unquoted_slot_values_stay_the_text_written_yaml_1_2(tmp_path, written):
+    """YAML 1.1 would read these as 105, True, False, a date, 1000, 5 ...: datagen reads YAML 1.2 core."""
+    template = load_template(write_raw(tmp_path, f"id: tiny\nuser: 'At {{{{ t }}}}.'\nslots:\n  t: [{written}, other]\n"))
+    rows = expand(template, 2, seed=0)
+    assert sorted(r["messages"][-1]["content"] for r in rows) == sorted([f"At {written}.", "At other."])
+
+
+@pytest.mark.parametrize("written,number", [("012", "12"), ("0o17", "15"), ("0x1F", "31"), ("+5", "5"), ("1e3", "1000.0"), ("2.50", "2.5"),
+                                            (".inf", "inf"), ("-.Inf", "-inf"), (".nan", "nan"), ("007", "7")])
+def test_unquoted_numbers_that_would_print_otherwise_are_refused(tmp_path, written, number):
+    path = write_raw(tmp_path, f"id: tiny\nuser: 'At {{{{ t }}}}.'\nslots:\n  t: [x, {written}]\n")
+    with pytest.raises(DatagenError) as info:
+        load_template(path)
+    assert str(info.value) == f"{path}: slots.t[1]: the unquoted value {written} reads as the number {number}; quote it ('{written}') to keep the text as written"
+
+
+def test_numbers_that_print_as_written_and_quoted_text_are_kept(tmp_path):
+    path = write_raw(tmp_path, "id: tiny\nuser: '{{ t }} {{ t + 1 if t is number else t }}'\nslots:\n  t: [12, 2.5, -3, '012', \"1:45\", 'true']\n")
+    template = load_template(path)
+    assert template.spec.slots["t"] == [12, 2.5, -3, "012", "1:45", "true"]
+    contents = sorted(r["messages"][-1]["content"] for r in expand(template, 6, seed=0))
+    assert contents == sorted(["12 13", "2.5 3.5", "-3 -2", "012 012", "1:45 1:45", "true true"])
+    for written, what in (("true", "the boolean true"), ("False", "the boolean false"), ("~", "null (no value)"), ("null", "null (no value)")):
+        path = write_raw(tmp_path, f"id: tiny\nuser: '{{{{ t }}}}'\nslots:\n  t: [x, {written}]\n")
+        with pytest.raises(DatagenError) as info:
+            load_template(path)
+        assert str(info.value) == f"{path}: slots.t[1]: an unquoted value that reads as {what}; quote it to keep the text as written"
+
+
+def test_weights_and_recipe_numbers_follow_yaml_1_2(tmp_path):
+    from datagen.yaml_io import parse_yaml
+
+    assert parse_yaml("a: [1e-3, 0x10, 0o10, 010, 1:30, yes, 2026-01-01, .5, null, ~, True]", "x") == {
+        "a": [0.001, 16, 8, 10, "1:30", "yes", "2026-01-01", 0.5, None, None, True]
+    }
+
+
+def test_rendering_is_bounded_in_time_and_memory_and_names_the_field(tmp_path):
+    import time
+
+    from datagen.templates import EXPAND_SECONDS
+
+    cases = {
+        "{{ t|center(2000000000) }}": "rendering needs more than 1024 MiB",
+        "{{ 'x'|center(2000000000) }} {{ t }}": "rendering needs more than 1024 MiB",
+        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}{{ t }}": "rendering takes longer than",
+    }
+    for user, message in cases.items():
+        path = write_raw(tmp_path, f"id: tiny\nuser: {user!r}\nslots:\n  t: [a, b]\n")
+        start = time.monotonic()
+        with pytest.raises(DatagenError) as info:
+            expand(load_template(path), 2, seed=0)
+        assert time.monotonic() - start < EXPAND_SECONDS + 10
+        assert str(info.value).startswith(f"{path}: user: {message}"), str(info.value)
