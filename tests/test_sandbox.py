@@ -487,3 +487,25 @@ def test_a_bwrap_that_cannot_create_namespaces_fails_every_candidate_closed(tmp_
     assert sandbox.unavailable() == "the bubblewrap sandbox cannot run here: sandbox setup failed: bwrap: No permissions to create new namespace"
     verdict = PythonTestsVerifier().check({"completion": "def f():\n    return 1\n", "tests": "assert f() == 1\n"})
     assert (verdict.keep, verdict.reason) == (False, "sandbox_error")
+
+
+@pytest.mark.parametrize(
+    "tests",
+    [
+        "assert len([i for i in range(10**6) for j in range(10**6)]) > f()\n",
+        "a = [f(), f()]\nb = [a, a, a, a, a, a, a, a, a, a]\nc = [b, b, b, b, b, b, b, b, b, b]\nd = [c, c, c, c, c, c, c, c, c, c]\n"
+        "e = [d, d, d, d, d, d, d, d, d, d]\ng = [e, e, e, e, e, e, e, e, e, e]\nh = [g, g, g, g, g, g, g, g, g, g]\nassert str(h) == str(list(h))\n",
+        "assert [[f()] * 1000] * 1000 == []\n",
+    ],
+    ids=["nested-loops", "shared-parts", "repeated-containers"],
+)
+def test_tests_that_would_take_unbounded_time_or_memory_here_are_stopped(tests):
+    import time
+
+    started = time.monotonic()
+    try:
+        status, detail, _ = answer(Suite(tests), {"f": lambda: 1})
+    except UnsupportedTests as err:
+        status, detail = "unsupported", str(err)
+    assert time.monotonic() - started < 10
+    assert status in ("failed", "unsupported") and ("more than" in detail or "not supported" in detail), detail

@@ -42,6 +42,7 @@ from datagen.sandbox import CallOutcome, values
 MAX_CALLS = 10_000  # distinct candidate calls one suite may ask for
 MAX_ITEMS = 1_000_000  # largest range / repetition the tests may build
 MAX_POWER_BITS = 100_000
+MAX_STEPS = 1_000_000  # expression evaluations and loop iterations per run of a suite
 
 
 class TestsError(ValueError):
@@ -195,6 +196,12 @@ class _Evaluator:
         self.wanted: dict[str, Call] = {}
         self.pending_statements = 0
         self.env: dict[str, Any] = {}
+        self.steps = 0
+
+    def step(self) -> None:
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise TestsError(f"the tests take more than {MAX_STEPS} evaluation steps")
 
     def text(self, node: ast.AST, limit: int = 120) -> str:
         text = " ".join((ast.get_source_segment(self.source, node) or ast.unparse(node)).split())
@@ -231,6 +238,7 @@ class _Evaluator:
             raise _Fail(f"{self.text(node)}: {type(err).__name__}: {err}") from None
 
     def _value(self, node: ast.expr) -> Any:
+        self.step()
         kind = type(node)
         if kind is ast.Constant:
             return node.value
@@ -277,6 +285,8 @@ class _Evaluator:
             operands = [self.value(node.left)] + [self.value(c) for c in node.comparators]
             if PENDING in _identities(operands):
                 return PENDING
+            for operand in operands:
+                _bounded(operand)
             for op, left, right in zip(node.ops, operands, operands[1:]):
                 if not _truth(_compare(op, left, right), self, node):
                     return False
@@ -384,6 +394,7 @@ class _Evaluator:
             if items is None:
                 raise _Fail(f"{self.text(first.iter)}: a {type(iterable).__name__} cannot be iterated in tests")
             for item in items:
+                self.step()
                 targets = first.target.elts if isinstance(first.target, ast.Tuple) else [first.target]
                 if len(targets) == 1 and not isinstance(first.target, ast.Tuple):
                     self.env[targets[0].id] = item
@@ -439,6 +450,10 @@ def _binop(op: ast.operator, left: Any, right: Any) -> Any:
         for seq, times in ((left, right), (right, left)):
             if isinstance(seq, (str, bytes, list, tuple)) and type(times) is int and len(seq) * times > MAX_ITEMS:
                 raise ValueError(f"repetition to more than {MAX_ITEMS} items")
+            if isinstance(seq, (list, tuple)) and type(times) is int and times > 1:
+                _bounded(seq)
+                if any(type(item) in (list, tuple, set, frozenset, dict) for item in seq):
+                    raise ValueError("repeating a sequence of containers (it would share them) is not supported in tests")
     if kind is ast.Pow and type(left) is int and type(right) is int and abs(left) > 1 and right * max(abs(left).bit_length(), 1) > MAX_POWER_BITS:
         raise ValueError(f"a power of more than {MAX_POWER_BITS} bits")
     if kind is ast.LShift and type(right) is int and right > MAX_POWER_BITS:
@@ -480,7 +495,30 @@ def _compare(op: ast.cmpop, left: Any, right: Any) -> bool:
 
 
 def _checked_call(function, args: list, kwargs: dict) -> Any:
+    for value in (*args, *kwargs.values()):
+        _bounded(value)
     return function(*args, **kwargs)
+
+
+def _bounded(value: Any) -> None:
+    """ValueError when walking `value` visits more than MAX_ITEMS elements. Values the tests
+    build can share parts (x = [a, a, a]; y = [x, x, x] ...), so their size can grow
+    exponentially with the lines that build them; comparing or printing one would then hang."""
+    if type(value) not in (list, tuple, set, frozenset, dict):
+        return
+    budget = MAX_ITEMS
+    stack = [value]
+    while stack:
+        current = stack.pop()
+        kind = type(current)
+        if kind in (list, tuple, set, frozenset):
+            budget -= len(current)
+            stack.extend(item for item in current if type(item) in (list, tuple, set, frozenset, dict))
+        elif kind is dict:
+            budget -= 2 * len(current)
+            stack.extend(item for pair in current.items() for item in pair if type(item) in (list, tuple, set, frozenset, dict))
+        if budget < 0:
+            raise ValueError(f"a value of more than {MAX_ITEMS} items (counting shared parts each time)")
 
 
 def _short_repr(value: Any, limit: int = 100) -> str:
