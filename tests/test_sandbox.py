@@ -509,3 +509,13 @@ def test_tests_that_would_take_unbounded_time_or_memory_here_are_stopped(tests):
         status, detail = "unsupported", str(err)
     assert time.monotonic() - started < 10
     assert status in ("failed", "unsupported") and ("more than" in detail or "not supported" in detail), detail
+
+
+def test_the_seccomp_filter_exists_for_both_architectures_and_fails_closed_elsewhere():
+    from datagen.sandbox import seccomp
+
+    for machine in ("x86_64", "aarch64"):
+        program = seccomp.program(machine)
+        assert len(program) % 8 == 0 and 10 < len(program) // 8 < 64  # struct sock_filter entries
+    with pytest.raises(OSError, match="no seccomp table"):
+        seccomp.program("sparc64")

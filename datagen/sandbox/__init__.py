@@ -24,6 +24,8 @@ Isolation (Linux, bubblewrap from the Debian package `bubblewrap`, installed by 
   from an unused high range) before any candidate code runs, so it holds no capability and
   RLIMIT_NPROC (never enforced for uid 0) applies; without root, bwrap runs in an unprivileged
   user namespace, where RLIMIT_NPROC counts the namespace's processes only (Linux >= 5.14).
+  The uid locks are empty files in a root-only `<tmp>/datagen-sandbox-uids`: the one thing a
+  run keeps on the host, and it holds nothing of any candidate.
 - Limits: a cgroup per run (v2, or v1 memory + pids, when datagen may create one: as root on most
   machines) bounds the whole tree's memory (`memory_mb` + `disk_mb`, since tmpfs pages are
   charged to it) and process count (`max_processes`). Without a writable cgroup the bound is
