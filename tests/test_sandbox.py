@@ -519,3 +519,9 @@ def test_the_seccomp_filter_exists_for_both_architectures_and_fails_closed_elsew
         assert len(program) % 8 == 0 and 10 < len(program) // 8 < 64  # struct sock_filter entries
     with pytest.raises(OSError, match="no seccomp table"):
         seccomp.program("sparc64")
+
+
+def test_an_assert_message_is_never_evaluated_and_math_needs_no_import():
+    suite = Suite('assert math.isclose(half(1), 0.5), f"half(1) gave {half(1)!r}"\n')
+    assert answer(suite, {"half": lambda x: x / 2})[0] == "passed"
+    assert answer(suite, {"half": lambda x: x // 2})[1] == "line 1: assert math.isclose(half(1), 0.5)"
