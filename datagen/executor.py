@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Protocol
 import polars as pl
 
 from datagen.backends import Backend, make_backend
+from datagen.backends.base import Outage
 from datagen.builders import build_output
 from datagen.errors import DatagenError, first_line
 from datagen.generate import generate_shard, prompts_frame
@@ -201,13 +202,18 @@ TRANSIENT = "_transient"
 
 
 class _Recorder:
-    """A backend as it is, that also remembers which requests of its last call failed transiently."""
+    """A backend as it is, that also remembers which requests of its last call failed transiently.
+    An Outage (every request failed transiently) becomes rows too: the executor records the shard
+    as unfinished and then stops the run (_run_generate), also when the shard came from a Ray worker."""
 
     def __init__(self, backend: Backend):
         self.backend, self.model_name, self.transient = backend, backend.model_name, []
 
     def generate(self, requests, sampling):
-        generations = self.backend.generate(requests, sampling)
+        try:
+            generations = self.backend.generate(requests, sampling)
+        except Outage as err:
+            generations = err.generations
         self.transient = [bool(getattr(g, "transient", False)) for g in generations]
         return generations
 
@@ -295,6 +301,12 @@ def _run_generate(loaded, run: RunDir, manifest, shards, todo, runner: ShardRunn
             done[str(j)] = record
             run.write_manifest(manifest)
             bar.update(sizes[j], tokens=record["tokens"])
+            if retry["prompt_id"].n_unique() == sizes[j]:  # every request failed: the server is gone
+                raise DatagenError(
+                    f"every one of {sizes[j]} requests failed ({record['pending_error']}); rerun the same command to resume",
+                    recipe.backend.base_url or loaded.path,
+                    "backend.base_url" if recipe.backend.base_url else "backend",
+                )
     pending = {j: record for j, record in done.items() if record.get("pending")}
     if pending:
         count = sum(len(record["pending"]) for record in pending.values())

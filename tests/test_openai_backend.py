@@ -547,3 +547,29 @@ def test_fold_puts_the_system_message_into_the_first_user_turn(project, fake):
     code, err = run_cli("run", fake_recipe(project, server.port, system_prompt="fold"), "--out", project.root / "out", "--no-progress")
     assert code == 0, err
     assert all(p.startswith("user: You are ") and "\n\nTell me about" in p for p in server.events("request"))
+
+
+def test_the_ray_executor_keeps_a_crashed_shard_unfinished_too(project, fake):
+    """The same crash under `--executor ray`: shards are generated in Ray workers, and the driver
+    records the one with transient failures as unfinished; the rerun sends exactly the rest."""
+    import ray
+
+    from datagen.ray_executor import run_pipeline_ray
+    from datagen.recipe import load_recipe
+
+    server = fake().start("--die-after", "7")
+    out = project.root / "out"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    try:
+        with pytest.raises(DatagenError, match="rerun the same command"):
+            run_pipeline_ray(load_recipe(fake_recipe(project, server.port)), out, workers=1, progress=False)
+        first = server.events("answered")
+        server.stop()
+        again = fake("again.jsonl").start()
+        run_pipeline_ray(load_recipe(fake_recipe(project, again.port)), out, workers=1, progress=False)
+    finally:
+        ray.shutdown()
+    every = user_turns(out)
+    assert len(first) == 7 and sorted(again.events("request")) == sorted(set(every) - set(first))
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    assert Counter(as_sent(m[:-1]) for m in rows["messages"].to_list()) == {p: 2 for p in every}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from datagen.errors import DatagenError
 from datagen.schema import SamplingConfig
 
 
@@ -33,6 +34,16 @@ class Generation:
     # so the shard holding it is not finished and a rerun sends the request again.
     transient: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Outage(DatagenError):
+    """Every request of a batch failed for a transient reason (the server is gone): raised by a
+    backend so that the run stops; `generations` are the failed requests' results, so that an
+    executor can still record which prompts to send again."""
+
+    def __init__(self, message: str, generations: list[Generation], source: str | None = None, field: str | None = None):
+        super().__init__(message, source, field)
+        self.generations = generations
 
 
 class Backend(Protocol):

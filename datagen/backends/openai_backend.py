@@ -21,7 +21,7 @@ import os
 import threading
 from typing import Any
 
-from datagen.backends.base import ChatRequest, Completion, Generation
+from datagen.backends.base import ChatRequest, Completion, Generation, Outage
 from datagen.errors import DatagenError
 from datagen.schema import BackendConfig, SamplingConfig
 
@@ -164,8 +164,9 @@ class OpenAIBackend:
             return []
         generations = self._call(self._generate_all(requests, sampling))
         if all(g.transient for g in generations):
-            raise DatagenError(
+            raise Outage(
                 f"every one of {len(requests)} requests failed ({generations[0].error}); rerun the same command to resume",
+                list(generations),
                 self.config.base_url,
                 "backend.base_url",
             )
