@@ -139,6 +139,7 @@ def test_collapsed_generator_stops_the_run_naming_the_template(project, encoder)
     assert not list((out / "run" / "stages").glob("*collapse*/*.parquet")), "no collapse shard is written"
 
 
+@pytest.mark.slow  # the installed CLI loads the encoder in a subprocess
 def test_cli_exits_2_with_one_line_on_collapse(project):
     result = datagen_cli("run", collapsed_recipe(project), "--out", project.root / "out", "--no-progress")
     assert result.returncode == 2, result.stderr

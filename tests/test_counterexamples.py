@@ -168,6 +168,7 @@ def test_distinctive_terms_are_class_based_tf_idf():
 # ---- the plan: budget by size x severity ----------------------------------------------------
 
 
+@pytest.mark.slow  # embeds 60 failures, k by silhouette
 def test_plan_allocates_the_budget_in_proportion_and_severity_shifts_it(tmp_path):
     # k is given: choosing it is the clustering tests' job.
     even = make_plan(InputConfig(failures=str(planted(tmp_path / "even.jsonl", PLANTED, EVEN)), k=3), 270, seed=11)
@@ -432,12 +433,22 @@ def test_bad_counterexample_recipes(tmp_path, change, message):
         ("failures.csv", "prompt,output\n", "failures.csv: unknown failures file extension '.csv': use .parquet or .jsonl"),
     ],
 )
-def test_cli_rejects_bad_failures_in_one_line(tmp_path, name, content, message):
+def test_cli_rejects_bad_failures_in_one_line(tmp_path, monkeypatch, capsys, name, content, message):
     if content is not None:
         (tmp_path / name).write_text(content)
-    result = datagen_cli("counterexamples", name, "--budget", "10", "--out", tmp_path / "out", cwd=tmp_path)
+    monkeypatch.chdir(tmp_path)  # in-process, as the console script would run it there
+    assert main(["counterexamples", name, "--budget", "10", "--out", "out"]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.strip().splitlines() == [f"datagen: error: {message}"]
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # the installed command in a subprocess
+def test_installed_cli_exits_2_on_bad_failures(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    result = datagen_cli("counterexamples", "empty.jsonl", "--budget", "10", "--out", tmp_path / "out", cwd=tmp_path)
     assert result.returncode == 2 and result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"datagen: error: {message}"]
+    assert result.stderr.strip().splitlines() == ["datagen: error: empty.jsonl: failures file is empty"]
     assert not (tmp_path / "out").exists()
 
 
@@ -488,9 +499,9 @@ def test_cpu_default_run_loads_with_datasets_and_its_pairs_train_with_dpo(tmp_pa
     for row in ds:
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["cluster_label"] and row["seed_ids"]
     fixes = kept.filter(pl.col("role") == "correction")
-    if fixes.height:
-        pairs = datasets.load_dataset(str(out / "pairs"), split="train")
-        assert pairs.num_rows == fixes["prompt_id"].n_unique()
-        for pair in pairs:
-            assert pair["prompt"][-1]["role"] == "user" and pair["chosen"] != pair["rejected"]
-        train_dpo(pairs, tmp_path / "dpo")
+    assert fixes.height > 0, "the fixed seed gives a verified fix on this model (1 of 20 corrections when written)"
+    pairs = datasets.load_dataset(str(out / "pairs"), split="train")
+    assert pairs.num_rows == fixes["prompt_id"].n_unique()
+    for pair in pairs:
+        assert pair["prompt"][-1]["role"] == "user" and pair["chosen"] != pair["rejected"]
+    train_dpo(pairs, tmp_path / "dpo")

@@ -55,6 +55,7 @@ def without_seconds(manifest: dict) -> dict:
     return manifest
 
 
+@pytest.mark.slow  # a local Ray
 def test_ray_run_equals_local_run_row_for_row(project, local_ray, capsys):
     path = recipe(project)
     local, distributed = project.root / "local", project.root / "ray"
@@ -82,6 +83,7 @@ def test_ray_run_equals_local_run_row_for_row(project, local_ray, capsys):
     assert len(across) >= 3
 
 
+@pytest.mark.slow  # a local Ray
 def test_error_in_a_ray_worker_reaches_the_caller_as_one_line(project, local_ray):
     # The driver never opens the backend under Ray: this error is raised inside the generation actor.
     loaded = load_recipe(recipe(project), ["backend.kind=vllm", "backend.model=/nonexistent/model"])

@@ -170,6 +170,7 @@ def test_report_escapes_model_output_and_template_values(full_run):
     assert "&lt;b&gt;unhelpful&lt;/b&gt;" in html and "<b>unhelpful" not in html
 
 
+@pytest.mark.slow  # the installed CLI in a subprocess (cli_run)
 def test_sections_appear_with_dpo_pairs_and_counterexample_clusters(cli_run, dpo_run):
     view = load_run(cli_run[0])
     html = build_report(view)
@@ -201,6 +202,7 @@ def test_sections_appear_with_dpo_pairs_and_counterexample_clusters(cli_run, dpo
 # --- progress ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the installed CLI in a subprocess (cli_run)
 def test_progress_off_a_terminal_is_plain_lines(full_run, cli_run):
     start = re.compile(r"^\[(\d)/(\d)\] (\w+): (\d+) (prompt|row)s to do$")
     end = re.compile(r"^\[(\d)/(\d)\] (\w+): (\d+)/\4 (prompt|row)s, [\d.]+k? \5s/s(, [\d.]+k? tok/s)?, done in \d\d:\d\d$")
@@ -249,6 +251,7 @@ def test_progress_lines_give_rate_and_eta_and_bars_stay_on_terminals():
 # --- datagen inspect -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # the installed CLI in a subprocess (cli_run)
 def test_inspect_prints_the_funnel_and_the_rows_a_stage_dropped(cli_run):
     out, done = cli_run
     assert f"report: {out / 'run' / 'report.html'}" in done.stdout
@@ -294,6 +297,7 @@ def test_inspect_filters_columns_and_keeps_escapes_off_the_terminal(full_run, ca
     assert "no stage 'nope' in this run (stages: generate, finished" in err and "'two' is not a value of column 'sample_index'" in err
 
 
+@pytest.mark.slow  # the installed CLI in a subprocess (cli_run)
 def test_inspect_reads_a_plain_dataset(cli_run, tmp_path, capsys):
     out, _ = cli_run
     shutil.copytree(out / "data", tmp_path / "data")
@@ -344,6 +348,8 @@ def _ink(pixels: np.ndarray) -> float:
     return float((pixels.min(axis=2) < 235).mean())
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_report_renders_in_a_headless_browser(full_run, tmp_path):
     chromium = _chromium()
     out, _ = full_run
