@@ -280,12 +280,13 @@ def cmd_counterexamples(args: argparse.Namespace) -> int:
     from datagen.counterexamples.failures import read_failures, read_train
     from datagen.recipe import load_recipe
 
+    from datagen.counterexamples.config import MAX_CLUSTERS
     from datagen.recipe import MAX_COUNT
 
     if not 1 <= args.budget <= MAX_COUNT:
         raise DatagenError(f"must be between 1 and {MAX_COUNT} (got {args.budget})", field="--budget")
-    if args.k is not None and not 1 <= args.k <= MAX_COUNT:
-        raise DatagenError(f"must be between 1 and {MAX_COUNT} (got {args.k})", field="--k")
+    if args.k is not None and not 1 <= args.k <= MAX_CLUSTERS:
+        raise DatagenError(f"must be between 1 and {MAX_CLUSTERS} (got {args.k})", field="--k")
     # JSON strings are YAML strings: a path with ': ' or '#' stays a path.
     overrides = [f"input.failures={json.dumps(str(args.failures.resolve()))}", f"budget={args.budget}",
                  f"input.train={json.dumps(str(args.train.resolve())) if args.train else 'null'}"]

@@ -220,7 +220,8 @@ CASES = [
     Case("max_tokens_huge", "{recipe}: backend.sampling.max_tokens: Input should be less than or equal to 1048576", recipe={"backend": {"kind": "scripted", "sampling": {"max_tokens": 10**12}}}),
     Case("timeout_inf", "{recipe}: backend.timeout_s: Input should be a finite number", raw_recipe=b"name: x\ntemplates: [{name: tiny, count: 1}]\nbackend: {kind: openai, model: m, base_url: 'http://127.0.0.1:1/v1', timeout_s: .inf}\n"),
     Case("budget_1e12", "--budget: must be between 1 and 1000000 (got 1000000000000)", args=lambda root: ["counterexamples", root / "failures.jsonl", "--budget", "1000000000000", "--out", root / "out"], exact=True),
-    Case("k_huge", "--k: must be between 1 and 1000000 (got 99999999999999999999)", args=lambda root: ["counterexamples", root / "failures.jsonl", "--budget", "10", "--k", "99999999999999999999", "--out", root / "out"], exact=True),
+    Case("k_huge", "--k: must be between 1 and 1000 (got 99999999999999999999)", args=lambda root: ["counterexamples", root / "failures.jsonl", "--budget", "10", "--k", "99999999999999999999", "--out", root / "out"], exact=True),
+    Case("k_range_huge", "{recipe}: input.k_range: k_range: hi (100000000) is more than 1000 clusters", recipe={"input": {"failures": "f.jsonl", "k_range": [2, 10**8]}, "budget": 10}),
     Case("recipe_budget_huge", "{recipe}: budget: Input should be less than or equal to 1000000", recipe={"budget": 10**12}),
     # --- files of the user's ---------------------------------------------------------------
     Case("dedup_out_is_a_directory", "{root}/outdir: --out: is a directory; name the output file (.parquet or .jsonl)", args=lambda root: ["dedup", root / "in.jsonl", "--column", "text", "--out", root / "outdir"], setup=lambda root: (root / "outdir").mkdir() or (root / "in.jsonl").write_text('{"text": "a"}\n'), exact=True),
@@ -385,6 +386,20 @@ def test_a_failed_start_does_not_block_the_next_attempt(tmp_path):
     result = in_process(["run", fixed, "--out", tmp_path / "out", "--no-progress"], tmp_path)
     assert result.returncode == 0, result.stderr
     assert manifest_of(tmp_path / "out")["complete"]
+
+
+def test_row_counts_past_any_table_show_it_all(tmp_path):
+    """`inspect --rows` and `preview -n` with a number larger than any table (larger than 64 bits)."""
+    write_yaml(tmp_path / "templates" / "tiny.yaml", TINY_TEMPLATE)
+    recipe = write_yaml(tmp_path / "pipelines" / "recipe.yaml", BASE_RECIPE)
+    huge = "99999999999999999999"
+    preview = in_process(["preview", recipe, "-n", huge], tmp_path)
+    assert preview.returncode == 0 and preview.stdout.count("=== tiny") == 6 and "(6 of 6 prompts)" in preview.stdout, preview.stderr
+    assert in_process(["run", recipe, "--out", tmp_path / "out", "--no-progress"], tmp_path).returncode == 0
+    shown = in_process(["inspect", tmp_path / "out", "--rows", huge], tmp_path)
+    assert shown.returncode == 0 and shown.seconds < BOUNDED_SECONDS, shown.stderr
+    few = in_process(["inspect", tmp_path / "out", "--rows", "2"], tmp_path)
+    assert len(shown.stdout) > len(few.stdout) and few.returncode == 0
 
 
 def test_resume_and_force_exclude_each_other(tmp_path, capsys):

@@ -10,10 +10,13 @@ from datagen.paths import ModelRef, RecipePath
 from datagen.schema import StrictModel
 
 
+MAX_CLUSTERS = 1000  # k-means with silhouette over more clusters than this is a typo, not a plan
+
+
 class InputConfig(StrictModel):
     failures: RecipePath = Field(description="Parquet/JSONL of failed eval cases: prompt, output; optional expected, tag, severity, id")
     train: RecipePath | None = Field(None, description="the existing training set (Parquet/JSONL): neighbours for the seeds, and decontamination")
-    k: int | None = Field(None, ge=1, description="number of clusters; chosen by silhouette within k_range when unset")
+    k: int | None = Field(None, ge=1, le=MAX_CLUSTERS, description="number of clusters; chosen by silhouette within k_range when unset")
     k_range: tuple[int, int] = Field((2, 8), description="[lo, hi] tried for k, inclusive")
     seeds_per_cluster: int = Field(3, ge=1, le=20, description="failures shown in each counterexample prompt")
     neighbours: int = Field(3, ge=0, le=20, description="training examples nearest the cluster shown in each prompt")
@@ -34,6 +37,8 @@ class InputConfig(StrictModel):
             raise ValueError("k_range: the silhouette needs at least 2 clusters, so lo must be >= 2")
         if lo > hi:
             raise ValueError(f"k_range: lo ({lo}) is larger than hi ({hi})")
+        if hi > MAX_CLUSTERS:
+            raise ValueError(f"k_range: hi ({hi}) is more than {MAX_CLUSTERS} clusters")
         return value
 
     @property
