@@ -8,12 +8,13 @@ corrections all use it, so they agree on what "the same answer" means. Rules:
   math-verify's own extraction applies ("final answer is", "Answer:", else the last expression);
 - a reference is one whole LaTeX expression, with or without `$`: `2\\sqrt{2}` is 2*sqrt(2) and
   `-2\\pi` is -2*pi (not their leading number), `\\frac{3}{8}`, `3/8` and `0.375` are one value;
-- before math-verify sees an answer: Unicode spaces (no-break, thin, narrow no-break, ...) become
-  spaces, full-width digits and signs and the minus sign U+2212 their ASCII forms; digits grouped
-  by threes with a thin space or other space (`1\\,200`, `1\\ 200`, `1~200`, `1{,}200`,
-  `1 200`, U+2009, U+202F) are one number (1200), never a product or a mixed number; a degree
-  sign (`°`, `\\degree`, `^\\circ`, `^{\\circ}`) and the temperature scale after it (`C`, `F`,
-  `K`) are dropped (`4^\\circ C` is 4);
+- before math-verify sees an answer (`prepare`): full-width digits and signs and the minus sign
+  U+2212 become ASCII; no-break, figure, thin and narrow no-break spaces read as LaTeX's `\\,`,
+  other Unicode spaces as spaces; digits grouped by threes with a thin space or another spacing
+  (`1\\,200`, `1\\ 200`, `1{,}200`, U+2009, U+202F, and in a box or a reference also `1~200`
+  and `1 200`) are one number (1200), never a product or a mixed number; a degree sign (`°`,
+  `\\degree`, `^\\circ`, `^{\\circ}`) and the temperature scale after it (`C`, `F`, `K`) are
+  dropped (`4^\\circ C` is 4);
 - units written as `\\text{cm}` / `\\mbox{ m}` / `\\mathrm{kg}`, common unit words and percent
   signs are handled by math-verify's own LaTeX normalisation (`NormalizationConfig(units=True)`,
   its default for LaTeX extraction): `5\\text{ cm}` is 5 and `50\\%` equals both 50 and 0.5.
@@ -43,6 +44,12 @@ EXTRACTION = (LatexExtractionConfig(), ExprExtractionConfig())
 _GROUP_SEPARATOR = r"(?:\\[,;:!] ?|\\ |\\(?:thinspace|medspace|thickspace|nobreakspace)(?: |\{\})?|\{,\}|~| )"
 _DIGIT_GROUPS = re.compile(r"(?<![\d.,])(\d{1,3})((?:" + _GROUP_SEPARATOR + r"\d{3})+)(?!\d)")
 _GROUP_SPLIT = re.compile(_GROUP_SEPARATOR)
+# In running text a plain space or ~ between numbers is more often a list than a digit group
+# ("2 100-dollar bills"): there only LaTeX spacing commands and thin spaces group digits.
+_LATEX_GROUP_SEPARATOR = _GROUP_SEPARATOR.replace("|~| )", ")")
+_DIGIT_GROUPS_IN_TEXT = re.compile(r"(?<![\d.,])(\d{1,3})((?:" + _LATEX_GROUP_SEPARATOR + r"\d{3})+)(?!\d)")
+# Spaces used between digit groups (no-break, figure, thin, narrow no-break) read as LaTeX's \,.
+_GROUP_SPACES = {"\u00a0", "\u2007", "\u2009", "\u202f"}
 _DEGREE = re.compile(
     r"\s*(?:\^\s*\{\s*\\circ\s*\}|\^\s*\\circ|\\degree|°)"  # the degree mark
     r"(?:(?:\s|\\[,;: ])*(?:\\(?:text|mathrm|mbox|rm)\s*\{\s*[CFK]\s*\}|[CFK](?![A-Za-z])))?"  # and its scale
@@ -56,8 +63,9 @@ def _timeout(seconds: int) -> int | None:
 
 
 def _plain_char(ch: str) -> str:
-    category = unicodedata.category(ch)
-    if category == "Zs":
+    if ch in _GROUP_SPACES:
+        return "\\,"
+    if unicodedata.category(ch) == "Zs":
         return " "
     if ch == "\u2212":  # minus sign
         return "-"
@@ -66,14 +74,18 @@ def _plain_char(ch: str) -> str:
     return ch
 
 
-def prepare(text: str) -> str:
+def prepare(text: str, answer_only: bool = True) -> str:
     """What datagen does to an answer's text before math-verify parses it (module docstring):
-    plain spaces and ASCII forms, digit groups joined, degree marks dropped. Superscript digits
-    and other compatibility characters are left to math-verify (NFKC would turn "3²" into "32")."""
+    plain spaces and ASCII forms, digit groups joined, degree marks dropped. `answer_only`: the
+    text is one answer (a box's content, a reference), where a plain space or ~ between digit
+    groups is a thousands separator too; in running text only LaTeX spacing and thin spaces are.
+    Superscript digits and other compatibility characters are left to math-verify (NFKC would
+    turn "3²" into "32")."""
     if not text.isascii():
         text = "".join(_plain_char(ch) for ch in text)
     text = _DEGREE.sub("", text)
-    return _DIGIT_GROUPS.sub(lambda m: m.group(1) + "".join(_GROUP_SPLIT.split(m.group(2))), text)
+    groups = _DIGIT_GROUPS if answer_only else _DIGIT_GROUPS_IN_TEXT
+    return groups.sub(lambda m: m.group(1) + "".join(_GROUP_SPLIT.split(m.group(2))), text)
 
 
 @dataclass(frozen=True)
@@ -133,7 +145,7 @@ def final_answer(text: str | None, require_box: bool = False) -> tuple[Answer | 
         return None, None, "no \\boxed{} answer"
     if not text.strip():
         return None, None, "empty completion"
-    answer = _parse(prepare(text))
+    answer = _parse(prepare(text, answer_only=False))
     if answer is None:
         return None, None, "no final answer found"
     return answer, answer.text, None

@@ -105,6 +105,12 @@ def test_digit_group_separators_are_thousands_separators(written):
     assert math(completion, "200").reason == "wrong_answer"  # not the last group
 
 
+@pytest.mark.parametrize("written", ["1\u2009200", "1\u202f200", "1\\,200", "1\\thinspace 200"])
+def test_thin_spaces_group_digits_in_running_text_too(written):
+    assert math(f"So the farm has {written} apples.", "1200").keep
+    assert math(f"So the farm has {written} apples.", "201").reason == "wrong_answer"
+
+
 def test_several_digit_groups_and_decimals():
     assert math("\\boxed{1\\,234\\,567}", "1234567").keep
     assert math("\\boxed{12\\,345.5}", "12345.5").keep
