@@ -194,6 +194,17 @@ def test_scripts_without_spaces_are_shingled_by_characters(a, b):
     assert other["keep"].to_list() == [True, True]
 
 
+@pytest.mark.parametrize("text", ["ສະບາຍດີ", "សួស្តីពិភពលោក", "မင်္ဂလာပါ", "ㄅㄆㄇ", "ꀀꀁꀂ", "中文", "カタカナ", "ひらがな"])
+def test_every_script_without_spaces_gives_one_token_per_character(text):
+    assert tokens(text) == list(normalize(text))
+
+
+def test_scripts_with_spaces_keep_words():
+    assert tokens("안녕하세요 세계") == ["안녕하세요", "세계"]
+    assert tokens("Привет, мир!") == ["привет", "мир"]
+    assert tokens("مرحبا بالعالم") == ["مرحبا", "بالعالم"]
+
+
 def test_mixed_scripts_tokenise_words_and_characters():
     assert tokens("我们用Python 3写代码") == ["我", "们", "用", "python", "3", "写", "代", "码"]
 
