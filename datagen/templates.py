@@ -9,7 +9,7 @@ import math
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jinja2
 from jinja2 import meta, nodes
@@ -329,15 +329,22 @@ def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int) ->
 
 def expand(template: Template, count: int | None, seed: int) -> list[dict[str, Any]]:
     """The rendered prompt rows of one template, computed under a time and memory limit (see
-    EXPAND_SECONDS, EXPAND_MEMORY_BYTES); raises DatagenError naming the template (and the field,
-    when known) on a breach."""
+    bounded_rendering); raises DatagenError naming the template (and the field, when known) on a breach."""
     prompts = count if count is not None else min(template.combination_count(), ENUMERATION_LIMIT)
+    return bounded_rendering(lambda: _expand(template, count, seed), template.path, prompts)
+
+
+def bounded_rendering(render: Callable[[], list[dict[str, Any]]], source: Path, prompts: int) -> list[dict[str, Any]]:
+    """`render()` (rows rendered from templates) in a child process limited to EXPAND_SECONDS +
+    EXPAND_SECONDS_PER_PROMPT * prompts seconds and EXPAND_MEMORY_BYTES more memory (datagen.bounded).
+    A DatagenError raised by `render` (naming its template and field) comes back as it is; a breach
+    without one is reported against `source`."""
     seconds = EXPAND_SECONDS + EXPAND_SECONDS_PER_PROMPT * prompts
     try:
-        return run_bounded(lambda: _expand(template, count, seed), seconds, EXPAND_MEMORY_BYTES)
+        return run_bounded(render, seconds, EXPAND_MEMORY_BYTES)
     except Exceeded as err:
-        message = _TOO_SLOW if err.what == "time" else _TOO_BIG
-        raise DatagenError(f"{message}; limit {seconds:g} s" if err.what == "time" else message, template.path) from None
+        message = f"{_TOO_SLOW}; limit {seconds:g} s" if err.what == "time" else _TOO_BIG
+        raise DatagenError(message, source) from None
 
 
 def _expand(template: Template, count: int | None, seed: int) -> list[dict[str, Any]]:

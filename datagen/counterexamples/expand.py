@@ -17,7 +17,7 @@ from datagen.counterexamples.plan import ClusterPlan, Plan, plan_for
 from datagen.errors import DatagenError
 from datagen.generate import prompts_frame
 from datagen.schema import SlotValue
-from datagen.templates import Template, render_prompt, slot_key
+from datagen.templates import Template, bounded_rendering, render_prompt, slot_key
 
 if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe
@@ -132,4 +132,6 @@ def counterexample_prompts(loaded: "LoadedRecipe") -> pl.DataFrame:
     """The prompts of a recipe with an `input` section (what expand_prompts gives for it)."""
     recipe = loaded.recipe
     plan = plan_for(recipe.input, recipe.budget, recipe.seed)
-    return prompts_frame(expand_plan(plan, loaded.templates, recipe.seed), PROVENANCE_SCHEMA)
+    # Rendering under the same time and memory limits as any template's expansion.
+    rows = bounded_rendering(lambda: expand_plan(plan, loaded.templates, recipe.seed), loaded.path, recipe.budget or 0)
+    return prompts_frame(rows, PROVENANCE_SCHEMA)
