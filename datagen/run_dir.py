@@ -175,7 +175,7 @@ class RunDir:
             raise DatagenError(f"output directory is not empty and holds no datagen run; {hint}choose another --out", out)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / ".write-test"
+            probe = self.root / f".write-test-{os.getpid()}"  # one per process: two runs may start at once
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as err:
@@ -231,6 +231,7 @@ class RunDir:
         self._lock_fd = fd
 
     def release(self) -> None:
+        """Give up the lock taken by `prepare` (idempotent)."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing the descriptor releases the flock
             self._lock_fd = None
@@ -323,6 +324,6 @@ def _foreign_entries(out: Path) -> list[Path]:
         return []
 
     def leftover(p: Path) -> bool:
-        return p.name == RUN_SUBDIR and p.is_dir() and not p.is_symlink() and all(q.name in (LOCK, ".write-test") for q in p.iterdir())
+        return p.name == RUN_SUBDIR and p.is_dir() and not p.is_symlink() and all(q.name == LOCK or q.name.startswith(".write-test") for q in p.iterdir())
 
     return [p for p in out.iterdir() if not leftover(p)]

@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import BASE_RECIPE, write_yaml
 from datagen.errors import DatagenError
 from datagen.run_dir import RunDir, remove_own_files
 
