@@ -290,6 +290,7 @@ def _run_generate(loaded, run: RunDir, manifest, shards, todo, runner: ShardRunn
         for j, frame, seconds in results:
             retry = frame.filter(pl.col(TRANSIENT))
             frame = frame.filter(~pl.col(TRANSIENT)).drop(TRANSIENT)
+            tokens = int(frame["completion_tokens"].sum())  # generated now (a partial shard's kept rows were counted before)
             if j in kept:
                 frame, seconds = _in_prompt_order(pl.concat([kept[j], frame], how="diagonal_relaxed"), shards[j]), seconds + done[str(j)]["seconds"]
             if frame.height:
@@ -300,7 +301,7 @@ def _run_generate(loaded, run: RunDir, manifest, shards, todo, runner: ShardRunn
                 record |= {"pending": sorted(set(retry["prompt_id"])), "pending_error": retry["generate_error"][0]}
             done[str(j)] = record
             run.write_manifest(manifest)
-            bar.update(sizes[j], tokens=record["tokens"])
+            bar.update(sizes[j], tokens=tokens)
             if retry["prompt_id"].n_unique() == sizes[j]:  # every request failed: the server is gone
                 raise DatagenError(
                     f"every one of {sizes[j]} requests failed ({record['pending_error']}); rerun the same command to resume",
