@@ -555,6 +555,7 @@ def test_fold_puts_the_system_message_into_the_first_user_turn(project, fake):
     assert all(p.startswith("user: You are ") and "\n\nTell me about" in p for p in server.events("request"))
 
 
+@pytest.mark.slow  # a local Ray
 def test_the_ray_executor_keeps_a_crashed_shard_unfinished_too(project, fake):
     """The same crash under `--executor ray`: shards are generated in Ray workers, and the driver
     records the one with transient failures as unfinished; the rerun sends exactly the rest."""

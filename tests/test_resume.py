@@ -203,6 +203,7 @@ def killed_runs(tmp_path_factory):
         return dict(zip(KILL_POINTS, pool.map(run, KILL_POINTS)))
 
 
+@pytest.mark.slow  # 8 runs killed in child processes
 @pytest.mark.parametrize("point, hit", KILL_POINTS, ids=[p for p, _ in KILL_POINTS])
 def test_killed_run_resumes_to_the_uninterrupted_rows(point, hit, killed_runs, baseline):
     root, recipe, out, killed = killed_runs[(point, hit)]
@@ -226,6 +227,7 @@ def test_killed_run_resumes_to_the_uninterrupted_rows(point, hit, killed_runs, b
     assert dataset_rows(out).equals(dataset_rows(baseline))
 
 
+@pytest.mark.slow  # 4 killed child processes and the CLI
 def test_killed_again_and_again_then_resumed_by_the_cli(tmp_path, baseline):
     child = tmp_path / "kill_at.py"
     child.write_text(CHILD)
