@@ -30,15 +30,3 @@ def project(tmp_path: Path):
     recipe.root = tmp_path
     return recipe
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Groups for pytest-xdist's `--dist loadgroup` (set in pyproject's addopts): every test that
-    runs the real model is in one group, so two vLLM engines (each takes every core and 2-4 GB)
-    never run at once; every other test stays with its module, so a module-scoped fixture (a whole
-    run shared by the module's tests) is built once, not once per worker. Runs before xdist reads
-    the groups; without xdist the marks do nothing."""
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None:
-            group = "model" if item.get_closest_marker("model") else item.nodeid.split("::")[0]
-            item.add_marker(pytest.mark.xdist_group(group))
