@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from datagen.builders.config import PairsConfig
 from datagen.counterexamples.config import InputConfig
@@ -197,24 +199,90 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), value
 
 
-def apply_override(data: dict, path: list[str], value: Any, origin: str) -> None:
+APPEND = "+"  # `--set stages.+={stage: length, min_chars: 10}` appends a stage
+
+
+def _list_index(node: list, part: str, path: list[str], i: int, origin: str) -> int:
+    """The item of a list a --set key part names: its position, or (for stages) its label, the
+    `name` or else the `stage` kind of the item."""
+    if part.isdigit():
+        if int(part) >= len(node):
+            raise DatagenError(f"no list item {part!r} at {'.'.join(path[:i]) or 'top level'} (it has {len(node)})", origin)
+        return int(part)
+    labels = [item.get("name") or item.get("stage") if isinstance(item, dict) else None for item in node]
+    if part in labels:
+        return labels.index(part)
+    known = [label for label in labels if isinstance(label, str)]
+    close = difflib.get_close_matches(part, known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listed = f" ({', '.join(known)})" if known else ""
+    raise DatagenError(f"no item named {part!r} in {'.'.join(path[:i]) or 'top level'}{listed}{hint}", origin)
+
+
+def apply_override(data: dict, path: list[str], value: Any, origin: str) -> list[str]:
+    """Set `value` at `path` in the recipe data; returns the path with list items as positions.
+
+    A list item is addressed by its position (`stages.1.min_chars`) or, for items with a `name`
+    or `stage` (stages), by their label (`stages.judge.min_score`); `stages.+=VALUE` appends VALUE.
+    Raises DatagenError (source: `origin`) for an item that does not exist."""
     node: Any = data
+    resolved: list[str] = []
     for i, part in enumerate(path):
         last = i == len(path) - 1
         if isinstance(node, list):
-            if not part.isdigit() or int(part) >= len(node):
-                raise DatagenError(f"no list item {part!r} at {'.'.join(path[:i]) or 'top level'}", origin)
-            part_key: Any = int(part)
+            if part == APPEND:
+                if not last:
+                    raise DatagenError(f"{'.'.join(path[:i + 1])}: append a whole item ({'.'.join(path[:i + 1])}={{...}})", origin)
+                node.append(value)
+                resolved.append(str(len(node) - 1))
+                return resolved
+            part_key: Any = _list_index(node, part, path, i, origin)
         elif isinstance(node, dict):
             part_key = part
         else:
-            raise DatagenError(f"{'.'.join(path[:i])} is not a mapping", origin)
+            raise DatagenError(f"{'.'.join(path[:i]) or 'top level'} is not a mapping or list", origin)
+        resolved.append(str(part_key))
         if last:
             node[part_key] = value
         else:
             if isinstance(node, dict) and part_key not in node:
-                node[part_key] = {}
+                node[part_key] = [] if path[i + 1] == APPEND else {}
             node = node[part_key]
+    return resolved
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Union, list, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in typing.get_args(annotation) for model in _models_in(arg)]
+
+
+def known_fields(loc: list[str]) -> list[str]:
+    """The field names a recipe accepts next to the field at `loc` (a pydantic error location)."""
+    models: list[type[BaseModel]] = [Recipe]
+    for part in loc[:-1]:
+        if part.isdigit():
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if fields:
+            models = [model for field in fields for model in _models_in(field.annotation)]
+            continue
+        tagged = [m for m in models if "stage" in m.model_fields and part in typing.get_args(m.model_fields["stage"].annotation)]
+        if not tagged:
+            return []
+        models = tagged
+    return sorted({name for m in models for name, field in m.model_fields.items()} | {f.alias for m in models for f in m.model_fields.values() if f.alias})
+
+
+def did_you_mean(err: ValidationError) -> str:
+    """For an unknown field: '; did you mean X?' naming the closest known field (difflib), else ''."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    if first.get("type") != "extra_forbidden" or not loc:
+        return ""
+    close = difflib.get_close_matches(loc[-1], known_fields(loc), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _within(loc: list[str], key: list[str]) -> bool:
@@ -249,8 +317,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         found = find_secret(value, ".".join(keys))
         if found:  # named without its value, which the line must not echo
             raise DatagenError(secret_message(found[1]), f"--set {'.'.join(keys)}", found[0])
-        apply_override(data, keys, command_line_value(value), origin)  # its paths start from the working directory
-        origins[".".join(keys)] = origin
+        resolved = apply_override(data, keys, command_line_value(value), origin)  # its paths start from the working directory
+        origins[".".join(resolved)] = origin
     found = find_secret(data)
     if found:
         raise DatagenError(secret_message(found[1]), path, found[0])
@@ -258,7 +326,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         # Path fields (datagen.paths) resolve relative paths written in the file against its folder.
         recipe = Recipe.model_validate(data, context={BASE_DIR: path.parent})
     except ValidationError as err:
-        raise from_validation_error(err, _error_source(err, path, origins)) from None
+        error = from_validation_error(err, _error_source(err, path, origins))
+        error.message += did_you_mean(err)
+        raise error from None
     templates: dict[str, Template] = {}
     dirs = [(path.parent / d).resolve() for d in recipe.template_dirs]
     for i, use in enumerate(recipe.templates):

@@ -1,0 +1,71 @@
+"""`--set`: stages by name, appending a stage, did-you-mean for unknown fields, and errors that
+blame the `--set` that caused them rather than the recipe file."""
+
+from __future__ import annotations
+
+import pytest
+
+from datagen.cli import main
+from datagen.errors import DatagenError
+from datagen.recipe import load_recipe
+
+STAGES = [{"stage": "finished"}, {"stage": "length", "min_chars": 5}, {"stage": "length", "name": "long_enough", "min_chars": 20}]
+
+
+def recipe(project):
+    return project(stages=STAGES)
+
+
+def test_stages_by_name_and_by_position(project):
+    path = recipe(project)
+    stages = load_recipe(path, ["stages.length.min_chars=7", "stages.long_enough.max_chars=500", "stages.0.drop_empty=false"]).recipe.stages
+    assert (stages[1].min_chars, stages[2].max_chars, stages[2].min_chars, stages[0].drop_empty) == (7, 500, 20, False)
+
+
+def test_an_unknown_stage_name_suggests_the_closest(project):
+    with pytest.raises(DatagenError) as err:
+        load_recipe(recipe(project), ["stages.lenght.min_chars=7"])
+    assert err.value.source == "--set stages.lenght.min_chars=7"
+    assert "no item named 'lenght' in stages (finished, length, long_enough); did you mean 'length'?" in str(err.value)
+
+
+def test_append_a_stage(project):
+    path = recipe(project)
+    stages = load_recipe(path, ["stages.+={stage: length, name: tail, min_chars: 10}", "stages.tail.max_chars=99"]).recipe.stages
+    assert [s.label for s in stages] == ["finished", "length", "long_enough", "tail"]
+    assert (stages[3].min_chars, stages[3].max_chars) == (10, 99)
+    with pytest.raises(DatagenError) as err:  # validated like the file, blamed on the --set
+        load_recipe(path, ["stages.+={stage: length, min_chars: -1}"])
+    assert err.value.source == "--set stages.+={stage: length, min_chars: -1}"
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "suggestion"),
+    [
+        ("stages.length.min_char=7", "stages[1].length.min_char", "min_chars"),
+        ("backend.sampling.max_token=64", "backend.sampling.max_token", "max_tokens"),
+        ("sed=3", "sed", "seed"),
+        ("stages.+={stage: length, min_chrs: 3}", "stages[3].length.min_chrs", "min_chars"),
+    ],
+)
+def test_unknown_field_suggests_the_closest_known_one_and_blames_the_set(project, override, field, suggestion):
+    with pytest.raises(DatagenError) as err:
+        load_recipe(recipe(project), [override])
+    assert err.value.source == f"--set {override}", "the --set is blamed, not the file"
+    assert err.value.field == field
+    assert err.value.message.startswith("unknown field") and err.value.message.endswith(f"did you mean {suggestion!r}?")
+
+
+def test_a_typo_in_the_file_is_blamed_on_the_file_with_a_suggestion(project):
+    path = project(stages=[{"stage": "length", "max_char": 10}])
+    with pytest.raises(DatagenError) as err:
+        load_recipe(path, ["stages.length.min_chars=3"])
+    assert err.value.source == str(path) and "did you mean 'max_chars'?" in err.value.message
+
+
+def test_cli_validate_with_sets_by_name(project, capsys):
+    path = recipe(project)
+    assert main(["validate", str(path), "--set", "stages.long_enough.min_chars=30", "--set", "stages.+={stage: finished, name: again}"]) == 0
+    assert "generate -> finished -> length -> long_enough -> again" in capsys.readouterr().out
+    assert main(["validate", str(path), "--set", "stages.long_enough.min_chrs=30"]) == 2
+    assert "--set stages.long_enough.min_chrs=30: stages[2].length.min_chrs: unknown field; did you mean 'min_chars'?" in capsys.readouterr().err
