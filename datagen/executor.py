@@ -23,7 +23,7 @@ from datagen.generate import generate_shard, prompts_frame
 from datagen.progress import StageProgress
 from datagen.recipe import LoadedRecipe
 from datagen.report import write_report
-from datagen.run_dir import RunDir, atomic_write_parquet, content_key, file_digest, remove_stage_files
+from datagen.run_dir import RunDir, resolved_recipe, atomic_write_parquet, content_key, file_digest, remove_stage_files
 from datagen.schema import BackendConfig
 from datagen.stages import Stage, StageConfigBase
 from datagen.templates import expand
@@ -111,7 +111,7 @@ def run_pipeline(
     prompts = expand_prompts(loaded)
     stages: list[Stage] = [config.build() for config in recipe.stages]
     run = RunDir(out)
-    manifest = run.prepare(loaded.fingerprint(), force)
+    manifest = run.prepare(loaded.fingerprint(), force, resolved_recipe(loaded))
     try:
         return _run(loaded, run, manifest, prompts, stages, runner, backend_factory, progress)
     finally:
@@ -250,12 +250,15 @@ class LocalRunner:
     def generate(self, open_backend, backend: BackendConfig, sampling_seed: int, shards):
         if not shards:
             return
+        loading = time.perf_counter()
         engine = open_backend()
+        loading = time.perf_counter() - loading  # counted in the first shard's time: stage times include model loading
         try:
             for j, prompts in shards:
                 start = time.perf_counter()
                 frame = generate_candidates(prompts, engine, backend.sampling, sampling_seed, backend.kind)
-                yield j, frame, time.perf_counter() - start
+                yield j, frame, time.perf_counter() - start + loading
+                loading = 0.0
         finally:
             engine.close()
 
@@ -331,18 +334,20 @@ def _run_filter(stage: Stage, config: StageConfigBase, index: int, labels: list[
     label, templates = stage.label, config.templates
     done = manifest["stages"][label]["shards"]
     previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(n_shards)]
+    if hasattr(stage, "use_cache"):  # the judge keeps its verdicts, so a changed keep rule asks no model again
+        stage.use_cache(run.root / "cache" / label)
     if todo and hasattr(stage, "fit"):
         # Stages with global state (dedup, collapse) see every alive row before any shard.
         stage.fit(lambda: (pl.read_parquet(p).filter(_selected(templates)) for p in previous))
     inputs = [previous[j] for j in todo]
-    total = sum(pl.scan_parquet(p).select(pl.len()).collect().item() for p in inputs)
+    total = sum(pl.scan_parquet(p).filter(_selected(templates)).select(pl.len()).collect().item() for p in inputs)  # rows still alive
     results = runner.filter(stage, config, list(zip(todo, inputs)))
     with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar, closing(results):
         for j, before, after, seconds in results:
             digest = atomic_write_parquet(run.shard_path(index, label, j), after)
             done[str(j)] = shard_stats(label, before, after, seconds) | {"key": todo[j], "digest": digest}
             run.write_manifest(manifest)
-            bar.update(before.height)
+            bar.update(before.filter(_selected(templates)).height)
     if hasattr(stage, "summarize") and (todo or "summary" not in manifest["stages"][label]):
         outputs = pl.scan_parquet([run.shard_path(index, label, j) for j in range(n_shards)])
         manifest["stages"][label]["summary"] = stage.summarize(outputs)

@@ -29,11 +29,12 @@ LOCK = ".lock"
 OWN_FILES = (
     r"run/(manifest\.json|prompts\.parquet|report\.html)",  # not run/.lock: removing it would void the lock held
     r"run/stages/\d\d_[^/]+/shard-\d{5}\.parquet",
+    r"run/cache/[a-z][a-z0-9_]*/verdicts-[0-9a-f]{20}\.json",  # a judge's verdicts (datagen.stages.judge)
     r"(pairs/)?(data|\.data\.tmp)/train-\d{5}-of-\d{5}\.parquet",
     r"(pairs/)?README\.md",
     r"(.*/)?\.[^/]+\.[0-9a-f]{12}\.tmp",
 )
-OWN_DIRS = ("run", "run/stages", "data", ".data.tmp", "pairs", "pairs/data", "pairs/.data.tmp")
+OWN_DIRS = ("run", "run/stages", "run/cache", "data", ".data.tmp", "pairs", "pairs/data", "pairs/.data.tmp")
 CARD_MARKER = "\n- datagen\n"  # the card's YAML header lists the tag 'datagen' (datagen.writer)
 KEY_CHARS = 20
 
@@ -155,12 +156,15 @@ class RunDir:
         path = self.shard_path(index, label, shard)
         return path.is_file() and file_digest(path) == record["digest"]
 
-    def prepare(self, fingerprint: str, force: bool) -> dict[str, Any]:
+    def prepare(self, fingerprint: str, force: bool, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
         """Open the output directory for this recipe: resume its own run, refuse anyone else's.
 
         Takes the run's lock (see `lock`), held until `release`. Only datagen's own files are
         ever removed (`remove_own_files`): a folder that holds no run is refused even with
         `force`, and the user's files next to a run are left as they are.
+
+        `resolved` (see `resolved_recipe`) is stored in the manifest; a run of another recipe is
+        refused naming the fields that differ from the one stored there.
 
         Raises DatagenError: OUT is a file, holds no run but other files, holds a run of another
         recipe (without `force`), holds a file where datagen writes its dataset, is locked by
@@ -182,12 +186,15 @@ class RunDir:
             raise DatagenError(f"cannot write to the output directory ({err.strerror})", out) from None
         self.lock()
         try:
-            return self._open(fingerprint, force)
+            manifest = self._open(fingerprint, force, resolved)
         except BaseException:
             self.release()
             raise
+        if resolved is not None:
+            manifest["resolved"] = resolved
+        return manifest
 
-    def _open(self, fingerprint: str, force: bool) -> dict[str, Any]:
+    def _open(self, fingerprint: str, force: bool, resolved: dict[str, Any] | None = None) -> dict[str, Any]:
         out = self.out
         try:
             manifest = self.read_manifest()
@@ -196,9 +203,9 @@ class RunDir:
                 raise
             manifest = None
         if manifest is not None and manifest.get("fingerprint") != fingerprint and not force and _has_work(manifest):
-            raise DatagenError(
-                "holds a run of a different recipe (or changed templates); use --force to replace it, or another --out", out
-            )
+            changed = recipe_changes(manifest.get("resolved"), resolved)
+            what = f"holds a run of a different recipe ({changed})" if changed else "holds a run of a different recipe (or changed templates)"
+            raise DatagenError(f"{what}; use --force to replace it, or another --out", out)
         stranger = _stranger_in_dataset(out)
         if stranger is not None:
             raise DatagenError(
@@ -243,6 +250,51 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
 
+# The recipe fields that decide generation (what LoadedRecipe.fingerprint covers).
+GENERATION_FIELDS = ("seed", "templates", "backend", "execution", "input", "budget")
+CHANGES_SHOWN = 4
+
+
+def resolved_recipe(loaded: Any) -> dict[str, Any]:
+    """What the manifest keeps of a recipe to say later what changed: its resolved fields (after
+    --set and defaults) and a digest of each template file."""
+    return {
+        "recipe": loaded.recipe.model_dump(mode="json"),
+        "template_files": {name: file_digest(t.path) for name, t in sorted(loaded.templates.items())},
+    }
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        items = [(f"{prefix}.{k}" if prefix else str(k), v) for k, v in value.items()]
+    elif isinstance(value, list) and value:
+        items = [(f"{prefix}.{i}", v) for i, v in enumerate(value)]
+    else:
+        return {prefix: value}
+    return {key: leaf for k, v in items for key, leaf in _flatten(v, k).items()}
+
+
+def recipe_changes(before: dict[str, Any] | None, after: dict[str, Any] | None) -> str:
+    """The generation fields that differ, as 'backend.sampling.max_tokens: 128 -> 256; ...' (the
+    first CHANGES_SHOWN, then a count), and changed template files; '' when either side is unknown
+    (a manifest written before the resolved recipe was stored)."""
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return ""
+    old = _flatten({k: v for k, v in (before.get("recipe") or {}).items() if k in GENERATION_FIELDS})
+    new = _flatten({k: v for k, v in (after.get("recipe") or {}).items() if k in GENERATION_FIELDS})
+    missing = object()
+    changes = [
+        f"{key}: {json.dumps(old.get(key)) if key in old else '(unset)'} -> {json.dumps(new.get(key)) if key in new else '(unset)'}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key, missing) != new.get(key, missing)
+    ]
+    files_before, files_after = before.get("template_files") or {}, after.get("template_files") or {}
+    changes += [f"template file {name!r} changed" for name in sorted(set(files_before) & set(files_after)) if files_before[name] != files_after[name]]
+    if len(changes) > CHANGES_SHOWN:
+        changes = changes[:CHANGES_SHOWN] + [f"and {len(changes) - CHANGES_SHOWN} more"]
+    return "; ".join(changes)
+
+
 def _own(relative: str) -> bool:
     return any(re.fullmatch(pattern, relative) for pattern in OWN_FILES)
 
@@ -273,8 +325,9 @@ def _stranger_in_dataset(out: Path) -> Path | None:
 
 def _own_dirs(out: Path) -> list[Path]:
     """The folders datagen writes in, deepest first (run/stages/NN_label before run/stages)."""
-    stages = out / "run" / "stages"
+    stages, cache = out / "run" / "stages", out / "run" / "cache"
     found = [p for p in stages.iterdir() if p.is_dir() and not p.is_symlink() and re.fullmatch(r"\d\d_[^/]+", p.name)] if stages.is_dir() and not stages.is_symlink() else []
+    found += [p for p in cache.iterdir() if p.is_dir() and not p.is_symlink() and re.fullmatch(r"[a-z][a-z0-9_]*", p.name)] if cache.is_dir() and not cache.is_symlink() else []
     return found + [out / d for d in sorted(OWN_DIRS, key=lambda d: -d.count("/"))]
 
 

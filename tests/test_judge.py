@@ -356,3 +356,39 @@ def test_embedded_model_judges_through_structured_output(project):
     manifest = json.loads((out / "run" / "manifest.json").read_text())
     assert manifest["stages"]["judge"]["summary"]["errors"] == 0
     print(f"generate + judge with two embedded engines: {time.perf_counter() - started:.1f} s")
+
+
+# --- scores reused when only the decision changes -------------------------------------------------
+
+
+def test_changing_min_score_re_decides_from_stored_verdicts_and_starts_no_model(project, monkeypatch):
+    import datagen.stages.judge as judge_module
+    from helpers import CountingFactory
+
+    def reply(request, index):  # a longer candidate gets a higher score, as a length-biased judge would
+        text = re.search(r"<response-[0-9a-f]{16}>\n(.*?)\n</response-", request.messages[-1]["content"], re.S).group(1)
+        score = 1 + len(text) % 5
+        return verdict_json(f"scored {score} for its content", helpfulness=score, correctness=score, instruction_following=score, clarity=score)
+
+    judges = CountingFactory(lambda: ScriptedModel(reply=reply))
+    monkeypatch.setattr(judge_module, "make_backend", lambda config, seed: judges())
+    out = project.root / "out"
+
+    def run(min_score, **judge):
+        stage = {"stage": "judge", "rubric": "helpfulness", "min_score": min_score, "backend": {"kind": "scripted"}} | judge
+        path = project(stages=[{"stage": "finished"}, stage])
+        return run_pipeline(load_recipe(path), out, progress=False)
+
+    first = run(2)
+    assert len(judges.started) == 1 and judges.requests == 12
+    scores = pl.read_parquet(out / "run" / "stages" / "02_judge" / "*.parquet").sort("candidate_id")
+    second = run(4)
+    assert len(judges.started) == 1 and judges.requests == 12, "a new min_score asks the judge model nothing"
+    rescored = pl.read_parquet(out / "run" / "stages" / "02_judge" / "*.parquet").sort("candidate_id")
+    assert rescored["judge_score"].equals(scores["judge_score"])
+    assert rescored["judge_keep"].to_list() == [s >= 4 for s in scores["judge_score"]], "the new threshold decides"
+    assert second.rows_written == sum(s >= 4 for s in scores["judge_score"]) < first.rows_written
+    run(4, on_error="drop")
+    assert len(judges.started) == 1, "on_error is a decision too"
+    run(4, rationale_max_chars=200)
+    assert len(judges.started) == 2 and judges.requests == 24, "what the judge is asked changed: it judges again"

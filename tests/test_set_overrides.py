@@ -69,3 +69,24 @@ def test_cli_validate_with_sets_by_name(project, capsys):
     assert "generate -> finished -> length -> long_enough -> again" in capsys.readouterr().out
     assert main(["validate", str(path), "--set", "stages.long_enough.min_chrs=30"]) == 2
     assert "--set stages.long_enough.min_chrs=30: stages[2].length.min_chrs: unknown field; did you mean 'min_chars'?" in capsys.readouterr().err
+
+
+# --- a refused rerun names what changed ------------------------------------------------------------
+
+
+def test_a_refused_rerun_names_the_fields_that_differ(project):
+    from datagen.executor import run_pipeline
+
+    path = recipe(project)
+    out = project.root / "out"
+    run_pipeline(load_recipe(path), out, progress=False)
+    with pytest.raises(DatagenError) as err:
+        run_pipeline(load_recipe(path, ["backend.sampling.max_tokens=64", "seed=8"]), out, progress=False)
+    assert "backend.sampling.max_tokens: 50 -> 64; seed: 7 -> 8" in err.value.message and "--force" in err.value.message
+    template = project.root / "templates" / "tiny.yaml"
+    template.write_text(template.read_text().replace("Tell me about", "Explain"))
+    with pytest.raises(DatagenError) as err:
+        run_pipeline(load_recipe(path), out, progress=False)
+    assert "template file 'tiny' changed" in err.value.message
+    # a changed filter is no refusal: the run resumes and re-runs that stage
+    assert run_pipeline(load_recipe(path, ["stages.length.min_chars=6"]), out, progress=False, force=True).rows_written >= 0

@@ -2,7 +2,15 @@
 
 The judge is its own backend, opened on the first batch and closed by `close()`. Candidate text
 reaches the judge only inside fences it cannot close, and every verdict that does not parse is
-recorded in `<label>_error` instead of stopping the run.
+recorded in `<label>_error` instead of stopping the run. A verdict that parses but whose
+rationale cannot stand behind a score (a loop, the fence markers parroted back, the candidate
+copied, nothing said: `datagen.degenerate.rationale_problem`) is a `judge_error` too, never a score.
+
+Scores are reused when only the decision changes: with `use_cache(dir)` (the executor passes
+OUT/run/cache/<label>) every verdict the model wrote is stored under a key of everything the model
+saw (messages with the rubric and candidate, JSON schema, request seed, sampling, model), and
+thresholds (`min_score`, `min_win_rate`, `on_error`) are applied after reading, so changing
+only those re-decides every row without starting the judge's model.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import itertools
 import json
 import random
 import re
+from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import polars as pl
@@ -19,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from datagen import strict_json
 from datagen.backends import Backend, ChatRequest, Generation, make_backend
+from datagen.backends.base import Completion
+from datagen.degenerate import rationale_problem
 from datagen.backends.stage_model import OneCompletionSampling, StageModel
 from datagen.errors import first_line
 from datagen.generate import RESERVED_COLUMNS, request_seed
@@ -26,6 +37,7 @@ from datagen.paths import ShippedOrFile
 from datagen.rubrics import SCALE, Rubric, load_rubric
 from datagen.schema import BackendConfig
 from datagen.stages.base import StageConfigBase
+from datagen.run_dir import atomic_write_bytes, content_key
 
 Score = Literal[SCALE]  # an enum in the JSON schema, which every structured-output engine supports
 POINTWISE_COLUMNS = ("score", "rationale", "error")
@@ -173,6 +185,34 @@ class JudgeStage:
         names = ", ".join(f'"{c.name}"' for c in self.rubric.criteria)
         self.system = template.format(rubric=self.rubric.render(), max_chars=config.rationale_max_chars, names=names)
         self.model = StageModel(backend_factory or self._default_backend, "judge", self.label, config.backend)
+        self.cache_dir: Path | None = None
+        self._cache: dict[str, dict[str, str]] | None = None
+
+    def use_cache(self, directory: Path) -> None:
+        """Keep the model's verdicts in `directory` (one JSON file per batch, named by content),
+        so a rerun that only changes the keep rules asks the model nothing."""
+        self.cache_dir, self._cache = directory, None
+
+    def _model_key(self) -> str:
+        # What decides the text a request gets besides its messages: the model and its sampling.
+        connection = {"base_url", "api_key_env", "max_concurrency", "max_retries", "timeout_s"}
+        backend = self.config.backend.model_dump(mode="json", exclude=connection)
+        return json.dumps(backend, sort_keys=True)
+
+    def _request_key(self, request: ChatRequest) -> str:
+        return content_key(self._model_key(), json.dumps(request.messages, sort_keys=True), json.dumps(request.json_schema, sort_keys=True), str(request.seed))
+
+    def _load_cache(self) -> dict[str, dict[str, str]]:
+        if self._cache is None:
+            self._cache = {}
+            for path in sorted(self.cache_dir.glob("verdicts-*.json")) if self.cache_dir and self.cache_dir.is_dir() else []:
+                try:
+                    entries = json.loads(path.read_text())
+                except (OSError, ValueError):
+                    continue  # a damaged cache file only costs its verdicts
+                if isinstance(entries, dict):
+                    self._cache.update({k: v for k, v in entries.items() if isinstance(v, dict) and isinstance(v.get("text"), str)})
+        return self._cache
 
     def _default_backend(self) -> Backend:
         config: BackendConfig = self.config.backend
@@ -184,9 +224,40 @@ class JudgeStage:
         self.model.close()
 
     def _ask(self, requests: list[ChatRequest]) -> list[Generation]:
-        return self.model.ask(requests, self.config.backend.sampling)
+        if self.cache_dir is None:
+            return self.model.ask(requests, self.config.backend.sampling)
+        cache = self._load_cache()
+        keys = [self._request_key(r) for r in requests]
+        missing = [i for i, key in enumerate(keys) if key not in cache]
+        asked = self.model.ask([requests[i] for i in missing], self.config.backend.sampling)
+        fresh = {}
+        for i, generation in zip(missing, asked):
+            if generation.error is None and generation.completions:
+                c = generation.completions[0]
+                fresh[keys[i]] = {"text": c.text, "finish_reason": c.finish_reason}
+        if fresh:
+            cache.update(fresh)
+            atomic_write_bytes(self.cache_dir / f"verdicts-{content_key(*sorted(fresh))}.json", json.dumps(fresh, sort_keys=True).encode())
+        answers = dict(zip(missing, asked))
+        return [
+            answers[i] if i in answers else Generation([Completion(cache[key]["text"], cache[key]["finish_reason"], 0)], 0)
+            for i, key in enumerate(keys)
+        ]
 
-    def _read(self, generation: Generation) -> tuple[BaseModel | None, str | None]:
+    def _read(self, generation: Generation, candidates: list[str] | None = None, code: str = "") -> tuple[BaseModel | None, str | None]:
+        verdict, error = self._parse(generation)
+        if verdict is not None and candidates is not None:
+            problem = rationale_problem(getattr(verdict, "rationale", ""), candidates, code)
+            if problem is not None:
+                return None, f"degenerate verdict: {problem}"
+        return verdict, error
+
+    def _code(self, row: dict[str, Any], responses: list[tuple[str, str]]) -> str:
+        conversation = render_conversation(row["messages"])
+        reference = row.get("reference") if self.config.show_reference else None
+        return fence_code(self.config.seed, conversation, reference or "", *(text for _, text in responses))
+
+    def _parse(self, generation: Generation) -> tuple[BaseModel | None, str | None]:
         if generation.error is not None:
             return None, f"backend error: {generation.error}"[:300]
         if not generation.completions:
@@ -207,7 +278,7 @@ class JudgeStage:
     def _request(self, key: str, row: dict[str, Any], responses: list[tuple[str, str]]) -> ChatRequest:
         conversation = render_conversation(row["messages"])
         reference = row.get("reference") if self.config.show_reference else None
-        code = fence_code(self.config.seed, conversation, reference or "", *(text for _, text in responses))
+        code = self._code(row, responses)
         parts = [f"CODE: {code}", "The conversation:\n" + fence("prompt", conversation, code)]
         if reference:
             parts.append(f"{REFERENCE_NOTE}\n" + fence("reference", reference, code))
@@ -231,9 +302,16 @@ class JudgeStage:
         names = [c.name for c in self.rubric.criteria]
         scores: dict[str, list[int | None]] = {name: [] for name in names}
         overall, rationales, errors, keeps, reasons = [], [], [], [], []
-        for generation in self._ask(requests):
-            verdict, error = self._read(generation)
+        for row, generation in zip(rows, self._ask(requests)):
+            responses = [("response", row["completion"] or "")]
+            verdict, error = self._read(generation, [row["completion"] or ""], self._code(row, responses))
             values = verdict.model_dump(by_alias=True) if verdict is not None else {}
+            if verdict is None and generation.completions:  # the rationale stays visible beside its error
+                try:
+                    raw = strict_json.loads(generation.completions[0].text)
+                    values = {"rationale": raw.get("rationale")} if isinstance(raw, dict) and isinstance(raw.get("rationale"), str) else {}
+                except ValueError:
+                    values = {}
             for name in names:
                 scores[name].append(values.get(name))
             score = self.rubric.weighted_score(values) if verdict is not None else None
@@ -280,7 +358,10 @@ class JudgeStage:
         comparisons: list[list[dict[str, Any]]] = [[] for _ in rows]
         first_error: list[str | None] = [None] * len(rows)
         for k, (i, j) in enumerate(pairs):
-            (forward, error_f), (backward, error_b) = self._read(generations[2 * k]), self._read(generations[2 * k + 1])
+            texts = [rows[i]["completion"] or "", rows[j]["completion"] or ""]
+            code_f = self._code(rows[i], [("response_a", texts[0]), ("response_b", texts[1])])
+            code_b = self._code(rows[j], [("response_a", texts[1]), ("response_b", texts[0])])
+            (forward, error_f), (backward, error_b) = self._read(generations[2 * k], texts, code_f), self._read(generations[2 * k + 1], texts, code_b)
             error = error_f or error_b
             if error is not None:
                 for me, other in ((i, j), (j, i)):

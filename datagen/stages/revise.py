@@ -3,8 +3,9 @@ drawn from a constitution, then rewrites it to fix what the critique found.
 
 The stage annotates; it drops nothing unless `on_error: drop`. The revision becomes the chosen side
 of a `critique_revision` pair and the original answer its rejected side. A critique or revision
-that fails (backend error, empty text, revision cut off at max_tokens) is recorded in
-`<label>_error`, never fatal.
+that fails (backend error, empty text, revision cut off at max_tokens) or is no revision at all
+(it describes the revision, restates the critique or loops: `datagen.degenerate.revision_problem`)
+is recorded in `<label>_error`, never fatal, and never becomes a chosen side.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import Field, field_validator, model_validator
 
 from datagen.backends import Backend, ChatRequest, Generation, make_backend
 from datagen.backends.stage_model import OneCompletionSampling, StageModel
+from datagen.degenerate import revision_problem
 from datagen.constitutions import Constitution, Principle, load_constitution
 from datagen.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
@@ -165,8 +167,9 @@ class ReviseStage:
         revisions: list[tuple[str | None, str | None]] = [(None, None)] * len(rows)
         for i, generation in zip(todo, asked):
             text, error = self._text(generation, "revision", cut_is_error=True)
-            if text is not None and text.split() == (critiques[i][0] or "").split():
-                text, error = None, "revision: repeats the critique"  # seen with small models
+            problem = revision_problem(text, critiques[i][0], rows[i]["completion"]) if text is not None else None
+            if problem is not None:  # seen with small models: commentary, the critique again, a loop
+                text, error = None, f"revision: {problem}"
             revisions[i] = (text, error)
 
         errors = [critique_error or revision_error for (_, critique_error), (_, revision_error) in zip(critiques, revisions)]
