@@ -18,6 +18,7 @@ import polars as pl
 
 from datagen import plots
 from datagen.run_dir import RUN_SUBDIR, atomic_write_bytes
+from datagen.trust import trust
 from datagen.run_view import RunView, card_funnel, key_figures, load_run, percent, summaries, summary_kind, text_of
 
 REPORT_FILE = "report.html"
@@ -47,6 +48,7 @@ def write_report(out: Path) -> Path | None:
 def build_report(view: RunView) -> str:
     sections = [
         ("overview", "Overview", _overview(view)),
+        ("trust", "Trust: model steps", _trust(view)),
         ("funnel", "Rows through the stages", _funnel(view)),
         ("output", "Output rows", _output(view)),
         ("judge", "Judge scores", _judge(view)),
@@ -87,7 +89,7 @@ dl.figures{display:grid;grid-template-columns:max-content 1fr;gap:3px 16px;margi
 details.row{border-bottom:1px solid #eee;padding:3px 0}details.row summary{cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 .tag{display:inline-block;padding:0 6px;border-radius:3px;font-size:12px;margin-right:6px;color:#fff}.tag.kept{background:#009E73}.tag.dropped{background:#D55E00}
 .tpl{color:#666;font-size:12px;margin-right:6px}pre{white-space:pre-wrap;word-break:break-word;background:#f6f6f6;padding:6px 8px;border-radius:4px;margin:4px 0;font-size:12px;max-height:320px;overflow:auto}
-.note{color:#666;font-size:12px}
+.note{color:#666;font-size:12px}td.warn{color:#a33;font-weight:600}.tag.error{background:#CC79A7}
 """
 
 
@@ -131,6 +133,22 @@ def _edge_labels(edges: np.ndarray, digits: int) -> list[str]:
 
 def _overview(view: RunView) -> str:
     return _figures(key_figures(view))
+
+
+def _trust(view: RunView) -> str:
+    """Per model step: error and degenerate rates, score spread, order agreement, length bias
+    (datagen.trust); a flagged figure is marked and says why."""
+    sections = trust(view.stages, (view.manifest or {}).get("output"))
+    if not sections:
+        return ""
+    rows = []
+    for step, figures in sections:
+        for name, value, warning in figures:
+            flag = f'<td class="warn">{escape(warning)}</td>' if warning else "<td>-</td>"
+            rows.append(f'<tr data-step="{escape(step)}" data-flagged="{"yes" if warning else "no"}"><td>{escape(step)}</td><td>{escape(name)}</td><td>{escape(value)}</td>{flag}</tr>')
+    flagged = sum(1 for _, figures in sections for f in figures if f[2])
+    note = f'<p class="note">{flagged} figure(s) flagged: read the data before trusting these steps.</p>' if flagged else '<p class="note">Nothing flagged.</p>'
+    return note + f'<table class="trust"><thead><tr><th>step</th><th>figure</th><th>value</th><th>warning</th></tr></thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 def _funnel(view: RunView) -> str:
@@ -232,7 +250,8 @@ def _judge(view: RunView) -> str:
                 }
                 figures.append(_figure(f"overall score ({score}), kept vs dropped", plots.grouped_bars(f"{label} score", _edge_labels(edges, 1), series, colours=KEPT_DROPPED)))
         parts.append(_plots(*figures))
-        parts.append(_figures([("judged", s.get("judged")), ("mean score", s.get("score_mean")), ("unparsable verdicts", f"{s.get('errors')} ({percent(s.get('error_rate'))})")]))
+        parts.append(_figures([("judged", s.get("judged")), ("mean score", s.get("score_mean")), ("verdicts without a score (errors)", f"{s.get('errors')} ({percent(s.get('error_rate'))})"),
+                                 ("of which degenerate (loops, parroting)", s.get("degenerate", "-"))]))
     return "".join(parts)
 
 
@@ -406,11 +425,14 @@ def _excerpt(text: str, limit: int) -> str:
 def _row_html(row: dict[str, Any], label: str, extra: list[str]) -> str:
     kept = row.get("dropped_by") != label
     reason = "kept" if kept else str(row.get(f"{label}_reason") or "dropped")
+    error = row.get(f"{label}_error")
+    if kept and isinstance(error, str) and error:  # a judge or revise error kept by on_error: keep is no pass
+        reason = f"{label}_error (not dropped): {_excerpt(error, 80)}"
     completion = text_of(row.get("completion"))
     prompt = text_of(row.get("messages"))
     details = [[c, _excerpt(str(row[c]), 600)] for c in extra if row.get(c) is not None]
     return (
-        f'<details class="row"><summary><span class="tag {"kept" if kept else "dropped"}">{escape(reason)}</span>'
+        f'<details class="row"><summary><span class="tag {"error" if kept and error else "kept" if kept else "dropped"}">{escape(reason)}</span>'
         f'<span class="tpl">{escape(str(row.get("template_id", "")))}</span>{escape(_excerpt(completion, EXCERPT_CHARS))}</summary>'
         f"<b>prompt</b><pre>{escape(prompt[:TEXT_CHARS])}</pre><b>completion</b><pre>{escape(completion[:TEXT_CHARS])}</pre>"
         + (_table(["column", "value"], details) if details else "")

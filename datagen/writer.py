@@ -13,6 +13,7 @@ import pyarrow as pa
 import yaml
 
 from datagen.run_dir import atomic_write_bytes
+from datagen.trust import card_lines
 
 if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe
@@ -123,6 +124,7 @@ def dataset_card(
     summaries = [s for s in stage_stats if s.get("summary")]
     for s in summaries:
         lines += ["", f"### {s['stage']}", "", "```yaml", yaml.safe_dump(s["summary"], sort_keys=False).rstrip(), "```"]
+    lines += card_lines(stage_stats, output_stats)
     if output_stats and output_stats.get("format") == "dpo":
         lines += pairs_section(output_stats)
     generate = stage_stats[0]

@@ -349,12 +349,17 @@ def test_embedded_model_judges_through_structured_output(project):
     assert run.returncode == 0, run.stderr[-3000:]
     judged = pl.read_parquet(out / "run" / "stages" / "01_judge" / "*.parquet")
     assert judged.height == 4 and judged["model"].str.contains("SmolLM2").all()
-    assert judged["judge_error"].is_null().all(), judged["judge_error"].to_list()
+    # The 135M judge often copies the answer into its rationale: such a verdict is an error, never a score.
+    errors = judged["judge_error"]
+    assert (errors.is_null() | errors.str.starts_with("degenerate verdict")).all(), errors.to_list()
+    scored, failed = judged.filter(errors.is_null()), judged.filter(errors.is_not_null())
     for criterion in ("helpfulness", "correctness", "instruction_following", "clarity"):
-        assert judged[f"judge_{criterion}"].is_between(1, 5).all()
-    assert judged["judge_score"].is_between(1, 5).all() and (judged["judge_rationale"].str.len_chars() <= 80).all()
+        assert scored[f"judge_{criterion}"].is_between(1, 5).all() and failed[f"judge_{criterion}"].is_null().all()
+    assert scored["judge_score"].is_between(1, 5).all() and failed["judge_score"].is_null().all()
+    assert (judged["judge_rationale"].drop_nulls().str.len_chars() <= 80).all()
     manifest = json.loads((out / "run" / "manifest.json").read_text())
-    assert manifest["stages"]["judge"]["summary"]["errors"] == 0
+    summary = manifest["stages"]["judge"]["summary"]
+    assert summary["errors"] == summary["degenerate"] == failed.height
     print(f"generate + judge with two embedded engines: {time.perf_counter() - started:.1f} s")
 
 

@@ -149,7 +149,7 @@ def test_report_funnel_matches_the_manifest_and_the_shards(full_run):
 def test_report_shows_each_stage_kind_and_leaves_out_what_has_no_data(full_run):
     out, _ = full_run
     html = (out / "run" / "report.html").read_text()
-    assert _sections(html) == {"overview", "funnel", "output", "judge", "verify", "vote", "lengths", "diversity", "samples"}
+    assert _sections(html) == {"overview", "trust", "funnel", "output", "judge", "verify", "vote", "lengths", "diversity", "samples"}
     assert html.count('<svg class="plot"') >= 9
     view = load_run(out)
     [judge] = [s for s in view.stages if s["stage"] == "judge"]
@@ -174,7 +174,7 @@ def test_report_escapes_model_output_and_template_values(full_run):
 def test_sections_appear_with_dpo_pairs_and_counterexample_clusters(cli_run, dpo_run):
     view = load_run(cli_run[0])
     html = build_report(view)
-    assert _sections(html) == {"overview", "funnel", "output", "lengths", "samples"}
+    assert _sections(html) == {"overview", "trust", "funnel", "output", "lengths", "samples"}
     assert "chosen vs rejected" not in html
 
     html = (dpo_run / "run" / "report.html").read_text()
@@ -373,3 +373,76 @@ def test_report_renders_in_a_headless_browser(full_run, tmp_path):
     assert re.findall(r'<section id="([a-z]+)">', dom) == re.findall(r'<section id="([a-z]+)">', source)
     assert _ink(pixels) > 0.05, "the screenshot shows a page with content"
     assert pixels[:60].mean() < 120, "the dark header band is drawn"
+
+
+# --- trust: model steps ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def same_score_run(tmp_path_factory):
+    """A judge that gives every candidate the same verdict, and one that only loops."""
+    root = tmp_path_factory.mktemp("trust")
+    out = root / "out"
+    looping = json.dumps({"rationale": "the response is a reference to the response " * 6, "helpfulness": 3, "correctness": 3,
+                          "instruction_following": 3, "clarity": 3})
+    stages = [
+        {"stage": "finished"},
+        {"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "scripted", "responses": [GOOD]}},
+        {"stage": "judge", "name": "parrot", "rubric": "helpfulness", "backend": {"kind": "scripted", "responses": [looping, GOOD]}},
+    ]
+    run_pipeline(load_recipe(_recipe(root, stages)), out, progress=False)
+    return out
+
+
+def _trust_rows(html: str) -> list[tuple[str, str, str, str]]:
+    body = re.search(r'<table class="trust">.*?</table>', html, re.S).group(0)
+    return re.findall(r'<tr data-step="([^"]+)" data-flagged="(yes|no)"><td>[^<]*</td><td>([^<]*)</td><td>([^<]*)</td>', body)
+
+
+def test_trust_flags_a_judge_giving_everyone_the_same_score_and_counts_degenerate_verdicts(same_score_run):
+    html = (same_score_run / "run" / "report.html").read_text()
+    rows = {(step, name): (flagged, value) for step, flagged, name, value in _trust_rows(html)}
+    manifest = json.loads((same_score_run / "run" / "manifest.json").read_text())
+    judge, parrot = manifest["stages"]["judge"]["summary"], manifest["stages"]["parrot"]["summary"]
+    assert judge["distinct_scores"] == 1 and judge["errors"] == 0
+    assert rows[("judge", "score spread")][0] == "yes", "one score for everyone is flagged"
+    assert parrot["degenerate"] == parrot["errors"] > 0 and parrot["judged"] == judge["judged"]
+    assert rows[("parrot", "degenerate verdicts")] == ("yes", f"{parrot['degenerate']} of {parrot['judged']} ({parrot['degenerate'] / parrot['judged']:.1%})")
+    assert rows[("generate", "cut off at max_tokens")][0] in ("yes", "no")
+    card = (same_score_run / "README.md").read_text()
+    assert "## Trust" in card and "| judge | score spread |" in card and "**the judge gives (nearly) everyone the same score**" in card
+    # a looping verdict is never shown as kept
+    parrot_rows = pl.read_parquet(same_score_run / "run" / "stages" / "03_parrot" / "*.parquet").filter(pl.col("parrot_error").is_not_null())
+    assert parrot_rows.height and parrot_rows["parrot_score"].is_null().all()
+    samples = re.search(r'<section id="samples">.*?</section>', html, re.S).group(0)
+    parrot_samples = samples.split("<h3>parrot</h3>")[1] if "<h3>parrot</h3>" in samples else ""
+    shown = re.findall(r'<span class="tag (\w+)">([^<]*)</span>', parrot_samples)
+    assert shown and all(tag == "error" and text.startswith("parrot_error (not dropped)") for tag, text in shown if "degenerate" in text)
+    assert any(tag == "error" for tag, _ in shown) and not any(tag == "kept" and "degenerate" in text for tag, text in shown)
+
+
+def test_trust_of_pairwise_order_agreement_and_length_bias():
+    from datagen.trust import trust
+
+    stats = [{"stage": "generate", "kept": 40, "dropped": {}, "rows_in": 10},
+             {"stage": "judge", "kept": 40, "dropped": {}, "rows_in": 40, "summary": {
+                 "mode": "pairwise", "rubric": "r", "comparisons": 30, "errors": 0, "consistency_rate": 0.5, "ties": 5,
+                 "degenerate_verdicts": 0, "winner_longer_rate": 0.92}}]
+    [(_, generate), (_, judge), (_, pairs)] = trust(stats, {"pairs": 20, "length_delta_chars": {"chosen_longer": 0.5}})
+    figures = {name: (value, warning) for name, value, warning in judge}
+    assert figures["agreement of the two orders"] == ("50.0% of 30", "verdicts often flip with the order of the answers")
+    assert figures["the longer answer wins"][0] == "92.0% of 25" and "length bias" in figures["the longer answer wins"][1]
+    assert pairs == [("chosen side is the longer one", "50.0% of 20", None)]
+
+
+@pytest.mark.browser
+@pytest.mark.slow
+def test_trust_section_renders_in_a_headless_browser(same_score_run, tmp_path):
+    chromium = _chromium()
+    dom, console, pixels = _render(chromium, same_score_run / "run" / "report.html", tmp_path)
+    assert console == [], console
+    assert '<section id="trust">' in dom and "Trust: model steps" in dom
+    rows = _trust_rows(dom)
+    assert ("judge", "yes", "score spread") in [(s, f, n) for s, f, n, _ in rows]
+    assert {s for s, _, _, _ in rows} == {"generate", "judge", "parrot"}
+    assert _ink(pixels) > 0.05

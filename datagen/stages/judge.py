@@ -417,20 +417,28 @@ class JudgeStage:
                 "histogram": {str(s): int((scores == s).sum()) for s in SCALE},
             }
         mean = frame[f"{label}_score"].mean()
+        degenerate = int(frame[f"{label}_error"].str.starts_with("degenerate verdict").sum())
+        scores = frame[f"{label}_score"].drop_nulls()
+        top = scores.value_counts(sort=True)["count"][0] if scores.len() else 0
         return {
             "mode": "pointwise",
             "rubric": self.rubric.id,
             "judged": frame.height,
             "errors": errors,
             "error_rate": round(errors / frame.height, 4) if frame.height else None,
+            "degenerate": degenerate,
+            "degenerate_rate": round(degenerate / frame.height, 4) if frame.height else None,
             "score_mean": round(float(mean), 3) if mean is not None else None,
+            "score_std": round(float(scores.std(ddof=0)), 3) if scores.len() else None,
+            "distinct_scores": scores.n_unique() if scores.len() else 0,
+            "top_score_share": round(top / scores.len(), 4) if scores.len() else None,
             "criteria": criteria,
         }
 
     def _summarize_pairwise(self, judged: pl.LazyFrame) -> dict[str, Any]:
         column = f"{self.label}_comparisons"
         sides = (
-            judged.select(pl.col(column).str.json_decode(pl.List(COMPARISON)).alias("c"))
+            judged.select(pl.col("candidate_id").alias("me"), pl.col(column).str.json_decode(pl.List(COMPARISON)).alias("c"))
             .explode("c")
             .unnest("c")
             .filter(pl.col("result").is_not_null())
@@ -442,6 +450,12 @@ class JudgeStage:
         consistent = int(sides["consistent"].fill_null(False).sum()) // 2
         ties = int((sides["result"] == "tie").sum()) // 2
         decided = comparisons - errors
+        degenerate = judged.select(pl.col(f"{self.label}_error").str.starts_with("degenerate verdict").sum()).collect().item() or 0
+        # Length bias: of the comparisons with a winner, the share the longer side won.
+        lengths = dict(judged.select("candidate_id", pl.col("completion").str.len_chars().fill_null(0)).collect().iter_rows())
+        wins = sides.filter(pl.col("result") == "win").select("me", "opponent").iter_rows()
+        unequal = [(lengths.get(me, 0), lengths.get(other, 0)) for me, other in wins if lengths.get(me, 0) != lengths.get(other, 0)]
+        longer = sum(mine > theirs for mine, theirs in unequal)
         return {
             "mode": "pairwise",
             "rubric": self.rubric.id,
@@ -452,4 +466,7 @@ class JudgeStage:
             "consistent": consistent,
             "consistency_rate": round(consistent / decided, 4) if decided else None,
             "ties": ties,
+            "degenerate_verdicts": int(degenerate),
+            "winner_longer_rate": round(longer / len(unequal), 4) if unequal else None,
         }
+
