@@ -25,7 +25,7 @@ from datagen.recipe import LoadedRecipe
 from datagen.report import write_report
 from datagen.run_dir import RunDir, resolved_recipe, atomic_write_parquet, content_key, file_digest, remove_stage_files
 from datagen.schema import BackendConfig
-from datagen.stages import Stage, StageConfigBase
+from datagen.stages import RunStep, StageConfigBase, Step, StepContext
 from datagen.templates import expand
 from datagen.writer import write_dataset
 
@@ -55,20 +55,52 @@ def _selected(templates: list[str] | None) -> pl.Expr:
     return alive if templates is None else alive & pl.col("template_id").is_in(templates)
 
 
-def apply_stage(stage: Stage, batch: pl.DataFrame, templates: list[str] | None = None) -> pl.DataFrame:
-    """Run a filter on the rows still alive (of its templates); the others pass through as they are."""
+def apply_stage(stage: Step, batch: pl.DataFrame, config: StageConfigBase | list[str] | None = None) -> pl.DataFrame:
+    """Run a step on the rows still alive (of its templates); the others pass through as they are.
+
+    A filter annotates the rows it is given (seeing the columns its `views` name under the names
+    its code reads, e.g. a generated question as `completion`); an expanding step (LLM) returns
+    child rows, which take the place of their parent. `config` may be a bare template list (older
+    callers)."""
+    templates = config if isinstance(config, list) or config is None else config.templates
+    views = config.views() if isinstance(config, StageConfigBase) else {}
+    expands = isinstance(config, StageConfigBase) and config.expands
     label = stage.label
     batch = batch.with_row_index("_row")
     selected = batch.filter(_selected(templates))
-    annotated = stage(selected)
-    if annotated.height != selected.height or f"{label}_keep" not in annotated.columns:
-        raise RuntimeError(f"stage {label!r} must annotate every row it is given with {label}_keep")
-    merged = pl.concat([annotated, batch.filter(~_selected(templates))], how="diagonal_relaxed").sort("_row").drop("_row")
+    if expands:
+        annotated = stage(selected)
+        if f"{label}_keep" not in annotated.columns or not set(annotated["_row"]) <= set(selected["_row"]):
+            raise RuntimeError(f"step {label!r} must mark every child row it returns with {label}_keep and its parent's _row")
+    else:
+        annotated = _with_views(stage, selected, views)
+        if annotated.height != selected.height or f"{label}_keep" not in annotated.columns:
+            raise RuntimeError(f"stage {label!r} must annotate every row it is given with {label}_keep")
+    merged = pl.concat([annotated, batch.filter(~_selected(templates))], how="diagonal_relaxed").sort("_row", maintain_order=True).drop("_row")
     verdict = pl.col(f"{label}_keep").fill_null(True)
     return merged.with_columns(
         pl.when(pl.col("keep") & ~verdict).then(pl.lit(label)).otherwise(pl.col("dropped_by")).alias("dropped_by"),
         (pl.col("keep") & verdict).alias("keep"),
     )
+
+
+def _viewed(frame: pl.DataFrame, views: dict[str, str]) -> tuple[pl.DataFrame, dict[str, str]]:
+    """`frame` with each view's source column shown under the name the step reads, and the
+    names its own columns were kept under meanwhile."""
+    moved = {name: source for name, source in views.items() if name != source}
+    if not moved:
+        return frame, {}
+    kept = {name: f"_own_{name}" for name in moved if name in frame.columns}
+    frame = frame.rename(kept).with_columns(pl.col(source).alias(name) for name, source in moved.items())
+    return frame, kept
+
+
+def _with_views(stage: Step, frame: pl.DataFrame, views: dict[str, str]) -> pl.DataFrame:
+    shown, kept = _viewed(frame, views)
+    if shown is frame:
+        return stage(frame)
+    out = stage(shown)
+    return out.drop([name for name in views if name in out.columns and name != views[name]]).rename({v: k for k, v in kept.items()})
 
 
 def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: float) -> dict[str, Any]:
@@ -109,7 +141,8 @@ def run_pipeline(
     runner = runner or LocalRunner()
     # What bad input can break (templates, stage files) fails here, before the output is touched.
     prompts = expand_prompts(loaded)
-    stages: list[Stage] = [config.build() for config in recipe.stages]
+    context = StepContext(recipe.backend, recipe.sampling_seed, str(loaded.path))
+    stages: list[Step] = [config.build_step(context) for config in recipe.stages]
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force, resolved_recipe(loaded))
     try:
@@ -118,7 +151,7 @@ def run_pipeline(
         run.release()
 
 
-def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: pl.DataFrame, stages: list[Stage], runner: "ShardRunner", backend_factory, progress) -> RunResult:
+def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: pl.DataFrame, stages: list[Step], runner: "ShardRunner", backend_factory, progress) -> RunResult:
     recipe, out = loaded.recipe, run.out
     manifest.update(recipe=recipe.name, recipe_path=str(loaded.path))
     atomic_write_parquet(run.root / "prompts.parquet", prompts)
@@ -142,7 +175,7 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
             remove_stage_files(run.stage_dir(index, label))
             entry = manifest["stages"][label] = {"index": index, "key": keys[index], "shards": {}}
         # The shards to compute, each with the key of the input it is computed from.
-        global_input = index > 0 and hasattr(stages[index - 1], "fit")
+        global_input = index > 0 and isinstance(stages[index - 1], RunStep)
         keys_now = {j: shard_key(manifest, labels, index, j, shards, global_input) for j in range(len(shards))}
         todo = {j: key for j, key in keys_now.items() if not run.shard_done(index, label, j, entry["shards"].get(str(j)), key)}
         if index == 0:
@@ -153,8 +186,7 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
         try:
             _run_filter(stage, recipe.stages[index - 1], index, labels, run, manifest, len(shards), todo, progress, runner)
         finally:
-            if hasattr(stage, "close"):  # stages that hold a model (judge) release it here
-                stage.close()
+            stage.close()  # a step that holds a model (judge, llm) releases it here
 
     last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
     stage_stats = summarize(manifest, labels)
@@ -239,7 +271,7 @@ class ShardRunner(Protocol):
         """(shard, candidates with the TRANSIENT column, seconds) per prompt shard (or its pending prompts)."""
         ...
 
-    def filter(self, stage: Stage, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
+    def filter(self, stage: Step, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
         """(shard, before, after, seconds) per input shard file; `stage` is already fitted."""
         ...
 
@@ -262,11 +294,11 @@ class LocalRunner:
         finally:
             engine.close()
 
-    def filter(self, stage: Stage, config: StageConfigBase, sources):
+    def filter(self, stage: Step, config: StageConfigBase, sources):
         for j, source in sources:
             start = time.perf_counter()
             before = pl.read_parquet(source)
-            after = apply_stage(stage, before, config.templates)
+            after = apply_stage(stage, before, config)
             yield j, before, after, time.perf_counter() - start
 
 
@@ -330,15 +362,16 @@ def _in_prompt_order(frame: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame
     return frame.with_columns(order.alias("_position")).sort(["_position", "sample_index"], maintain_order=True).drop("_position")
 
 
-def _run_filter(stage: Stage, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress, runner: ShardRunner) -> None:
+def _run_filter(stage: Step, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress, runner: ShardRunner) -> None:
     label, templates = stage.label, config.templates
     done = manifest["stages"][label]["shards"]
     previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(n_shards)]
     if hasattr(stage, "use_cache"):  # the judge keeps its verdicts, so a changed keep rule asks no model again
         stage.use_cache(run.root / "cache" / label)
-    if todo and hasattr(stage, "fit"):
-        # Stages with global state (dedup, collapse) see every alive row before any shard.
-        stage.fit(lambda: (pl.read_parquet(p).filter(_selected(templates)) for p in previous))
+    if todo and isinstance(stage, RunStep):
+        # Steps with state over the run (dedup, collapse) see every alive row before any shard.
+        views = config.views()
+        stage.fit(lambda: (_viewed(pl.read_parquet(p).filter(_selected(templates)), views)[0] for p in previous))
     inputs = [previous[j] for j in todo]
     total = sum(pl.scan_parquet(p).filter(_selected(templates)).select(pl.len()).collect().item() for p in inputs)  # rows still alive
     results = runner.filter(stage, config, list(zip(todo, inputs)))
@@ -348,10 +381,17 @@ def _run_filter(stage: Stage, config: StageConfigBase, index: int, labels: list[
             done[str(j)] = shard_stats(label, before, after, seconds) | {"key": todo[j], "digest": digest}
             run.write_manifest(manifest)
             bar.update(before.filter(_selected(templates)).height)
-    if hasattr(stage, "summarize") and (todo or "summary" not in manifest["stages"][label]):
+    if todo or "summary" not in manifest["stages"][label]:
         outputs = pl.scan_parquet([run.shard_path(index, label, j) for j in range(n_shards)])
-        manifest["stages"][label]["summary"] = stage.summarize(outputs)
-        run.write_manifest(manifest)
+        summary = stage.summarize(_viewed_lazy(outputs, config.views()))
+        if summary is not None:
+            manifest["stages"][label]["summary"] = summary
+            run.write_manifest(manifest)
+
+
+def _viewed_lazy(outputs: pl.LazyFrame, views: dict[str, str]) -> pl.LazyFrame:
+    moved = {name: source for name, source in views.items() if name != source}
+    return outputs.with_columns(pl.col(source).alias(name) for name, source in moved.items()) if moved else outputs
 
 
 def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:

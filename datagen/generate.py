@@ -40,6 +40,11 @@ CANDIDATE_SCHEMA = PROMPT_SCHEMA | {
     "generate_keep": pl.Boolean,
     "generate_reason": pl.String,
     "generate_error": pl.String,  # the backend's message when the request failed
+    # Provenance as a tree (LLM steps add children, datagen/stages/llm.py): the row a step expanded
+    # (first generation: the prompt), the parent row (none for first generation), ancestors' ids.
+    "group_id": pl.String,
+    "parent_id": pl.String,
+    "lineage": pl.List(pl.String),
 }
 # The reason of a candidate whose request failed: a fixed token, since reasons are counted.
 GENERATE_ERROR = "generate_error"
@@ -64,7 +69,7 @@ def request_seed(sampling_seed: int, prompt_id: str) -> int:
 
 def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingConfig, sampling_seed: int, backend_kind: str) -> pl.DataFrame:
     seeds = [request_seed(sampling_seed, pid) for pid in prompts["prompt_id"]]
-    requests = [ChatRequest(messages=list(m), seed=s) for m, s in zip(prompts["messages"].to_list(), seeds)]
+    requests = [ChatRequest(messages=list(m), seed=s, json_schema=sampling.json_schema) for m, s in zip(prompts["messages"].to_list(), seeds)]
     generations = backend.generate(requests, sampling)
     if len(generations) != len(requests):
         raise RuntimeError(f"backend returned {len(generations)} results for {len(requests)} requests")
@@ -92,6 +97,9 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
                     "generate_keep": gen.error is None,
                     "generate_reason": None if gen.error is None else GENERATE_ERROR,
                     "generate_error": gen.error,
+                    "group_id": prompt_row["prompt_id"],
+                    "parent_id": None,
+                    "lineage": [prompt_row["prompt_id"]],
                 }
             )
     extra = {name: dtype for name, dtype in prompts.schema.items() if name not in PROMPT_SCHEMA}

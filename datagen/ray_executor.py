@@ -36,7 +36,7 @@ from datagen.errors import DatagenError, first_line
 from datagen.executor import RunResult, apply_stage, generate_candidates, run_pipeline
 from datagen.recipe import LoadedRecipe
 from datagen.schema import BackendConfig, SamplingConfig
-from datagen.stages import Stage, StageConfigBase
+from datagen.stages import RunStep, StageConfigBase, Step
 
 SHARD, ROWS, SECONDS = "_ray_shard", "_ray_rows", "_ray_seconds"
 _TAGS = [SHARD, ROWS, SECONDS]
@@ -70,14 +70,14 @@ def _generate(table, backend: Backend, sampling: SamplingConfig, sampling_seed: 
         yield _tagged(frame, shard, time.perf_counter() - start)
 
 
-def _apply(table, stage: Stage, templates: list[str] | None) -> Iterator[Any]:
+def _apply(table, stage: Step, config: StageConfigBase) -> Iterator[Any]:
     for shard, before in _shards_of(table):
         start = time.perf_counter()
-        after = apply_stage(stage, before, templates)
+        after = apply_stage(stage, before, config)
         yield _tagged(after, shard, time.perf_counter() - start)
 
 
-def _build_stage(source: StageConfigBase | list) -> Stage:
+def _build_stage(source: StageConfigBase | list) -> Step:
     """From its config, or (a one-item list holding its ObjectRef) as fitted on the driver."""
     if isinstance(source, list):
         import ray
@@ -102,8 +102,8 @@ def generate_task(table, key: str, open_backend: Callable[[], Backend], sampling
     yield from _generate(table, _cached(key, open_backend), sampling, sampling_seed, kind)
 
 
-def stage_task(table, key: str, source: StageConfigBase | list, templates: list[str] | None) -> Iterator[Any]:
-    yield from _apply(table, _cached(key, lambda: _build_stage(source)), templates)
+def stage_task(table, key: str, source: StageConfigBase | list, config: StageConfigBase) -> Iterator[Any]:
+    yield from _apply(table, _cached(key, lambda: _build_stage(source)), config)
 
 
 class GenerateWorker:
@@ -124,14 +124,14 @@ class GenerateWorker:
 class StageWorker:
     """An actor that holds one stage, for stages that hold a model (a judge's engine)."""
 
-    def __init__(self, source: StageConfigBase | list, templates: list[str] | None):
+    def __init__(self, source: StageConfigBase | list, config: StageConfigBase):
         self.source, self.stage = source, None  # built on the first shard, as GenerateWorker does
-        self.templates = templates
+        self.config = config
 
     def __call__(self, table) -> Iterator[Any]:
         if self.stage is None:
             self.stage = _build_stage(self.source)
-        yield from _apply(table, self.stage, self.templates)
+        yield from _apply(table, self.stage, self.config)
 
 
 def _uses_vllm(backend: BackendConfig | None) -> bool:
@@ -213,18 +213,21 @@ class RayRunner:
         worker, args = (GenerateWorker, args) if engine else (generate_task, (uuid.uuid4().hex, *args))
         yield from self._map(shards, worker, args, self._resources(len(shards), engine))
 
-    def filter(self, stage: Stage, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
+    def filter(self, stage: Step, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
         if not sources:
             return
         import ray
 
-        backend = getattr(config, "backend", None)
+        backend = stage.engine or config.model_backend(None)
         engine = backend if isinstance(backend, BackendConfig) and _uses_vllm(backend) else None
-        gpu = str(getattr(config, "device", "cpu")).startswith("cuda") and not hasattr(stage, "fit")
+        fitted = isinstance(stage, RunStep)
+        gpu = str(getattr(config, "device", "cpu")).startswith("cuda") and not fitted
         # A stage with global state was fitted on the driver over the whole run: ship that state,
-        # never refit per block. Any other stage is rebuilt from its config where it runs.
-        source = [ray.put(stage)] if hasattr(stage, "fit") else config
-        args = (source, config.templates)
+        # never refit per block; an expanding (LLM) step was built with the run's context (the
+        # generator's model, the sampling seed) and has not opened its model yet: ship it too.
+        # Any other stage is rebuilt from its config where it runs.
+        source = [ray.put(stage)] if fitted or config.expands else config
+        args = (source, config)
         worker, args = (StageWorker, args) if engine or gpu else (stage_task, (uuid.uuid4().hex, *args))
         paths = dict(sources)
         inputs = ((j, pl.read_parquet(path)) for j, path in sources)

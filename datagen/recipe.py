@@ -178,7 +178,7 @@ class LoadedRecipe:
         """One key per filter stage, chained: a stage's key changes when it or any stage before it does."""
         keys, previous = [], self.fingerprint()
         for stage in self.recipe.stages:
-            h = hashlib.sha256((previous + json.dumps(stage.model_dump(mode="json"), sort_keys=True)).encode())
+            h = hashlib.sha256((previous + json.dumps(stage.key_fields(), sort_keys=True)).encode())
             for path in stage.input_files():
                 h.update(path.read_bytes() if path.is_file() else b"missing")
             previous = h.hexdigest()[:20]
@@ -339,4 +339,28 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
             searched = ", ".join(str(d) for d in dirs)
             raise DatagenError(f"template {use.name!r} not found (searched {searched})", path, f"templates[{i}].name")
         templates[use.name] = load_template(found)
+    check_columns(recipe, templates, path)
     return LoadedRecipe(recipe=recipe, path=path, templates=templates)
+
+
+def check_columns(recipe: Recipe, templates: dict[str, Template], path: Path) -> None:
+    """Walk the steps in order with the columns available so far (a candidate row's, the slots of
+    the templates a step applies to, what each earlier step writes, and any `<label>_...` column of
+    an earlier step: a step owns its label's columns); a step that reads a column no earlier step
+    writes is a DatagenError naming the step (`stages.N`) and the column, before any model starts."""
+    available = set(RESERVED_COLUMNS)
+    if recipe.input is not None:  # counterexample prompts carry their cluster's columns
+        from datagen.counterexamples.expand import PROVENANCE_SCHEMA
+
+        available |= set(PROVENANCE_SCHEMA)
+    labels: list[str] = []
+    for i, stage in enumerate(recipe.stages):
+        names = stage.templates or list(templates)
+        slots = {slot for name in names if name in templates for slot in templates[name].spec.slots}
+        missing = sorted(c for c in stage.reads() - available - slots if not any(c.startswith(f"{label}_") for label in labels))
+        if missing:
+            raise DatagenError(
+                f"step {stage.label!r} reads the column {missing[0]!r}, which no earlier step writes", path, f"stages.{i}"
+            )
+        available |= stage.writes()
+        labels.append(stage.label)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 from datagen.paths import anchor_model
 
@@ -27,6 +27,28 @@ class SamplingConfig(StrictModel):
     min_tokens: int = Field(0, ge=0, le=MAX_TOKENS)
     stop: list[str] = Field(default_factory=list)
     seed: int | None = Field(None, ge=0, le=2**63 - 1, description="base seed for sampling; the recipe seed when unset")
+    json_schema: dict[str, Any] | None = Field(None, description="structured output: every completion follows this JSON schema")
+
+    @model_serializer(mode="wrap")
+    def _without_unset_schema(self, handler: Any) -> dict[str, Any]:
+        # Left out while unset, so that fingerprints, resume keys and the `sampling` column of runs
+        # made before structured output existed stay as they were.
+        data = handler(self)
+        if data.get("json_schema") is None:
+            data.pop("json_schema", None)
+        return data
+
+    @field_validator("json_schema")
+    @classmethod
+    def _valid_schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        if schema is not None:
+            import jsonschema
+
+            try:
+                jsonschema.Draft202012Validator.check_schema(schema)
+            except jsonschema.SchemaError as err:
+                raise ValueError(f"not a valid JSON schema: {err.message}") from None
+        return schema
 
     @model_validator(mode="after")
     def _min_le_max(self) -> "SamplingConfig":

@@ -8,6 +8,7 @@ import pytest
 
 from datagen.errors import DatagenError
 from datagen.executor import apply_stage, run_pipeline
+from datagen.stages import RunStep
 from datagen.recipe import load_recipe
 from datagen.stages.length import LengthConfig, LengthStage
 from helpers import ScriptedModel, candidate_frame, write_yaml
@@ -131,10 +132,11 @@ def test_apply_stage_only_sees_alive_rows():
 
 
 def test_stage_hooks_fit_summarize_close(project, monkeypatch):
-    """fit sees every alive row of the run before any shard; summarize sees all outputs; close runs."""
+    """A RunStep's fit sees every alive row of the run before any shard; summarize sees all outputs;
+    close runs. Capabilities come from the type (RunStep), not from the methods a class happens to have."""
     calls = {}
 
-    class Hooked:
+    class Hooked(RunStep):
         label = "length"
 
         def fit(self, shards):

@@ -8,11 +8,11 @@ from pydantic import Field, model_validator
 
 from datagen.schema import StrictModel
 
-Strategy = Literal["verified", "score_margin", "pairwise", "critique_revision", "correction"]
+Strategy = Literal["verified", "score_margin", "pairwise", "critique_revision", "correction", "majority"]
 # The stage whose columns decide the pairs, unless `stage:` names another one.
-DEFAULT_STAGE: dict[str, str] = {"verified": "verify", "score_margin": "judge", "pairwise": "judge", "critique_revision": "revise", "correction": "verify"}
+DEFAULT_STAGE: dict[str, str] = {"verified": "verify", "score_margin": "judge", "pairwise": "judge", "critique_revision": "revise", "correction": "verify", "majority": "vote"}
 # The stage kind a strategy needs (verified reads any stage's <label>_keep; score_margin any score column).
-NEEDS_KIND: dict[str, str] = {"pairwise": "judge", "critique_revision": "revise"}
+NEEDS_KIND: dict[str, str] = {"pairwise": "judge", "critique_revision": "revise", "majority": "vote"}
 
 
 class PairsConfig(StrictModel):

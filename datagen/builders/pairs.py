@@ -21,11 +21,12 @@ from datagen.builders.config import PairsConfig
 from datagen.errors import DatagenError
 from datagen.generate import MESSAGE
 from datagen.minhash import Shingles, jaccard, shingle
+from datagen.stages.base import group_ids
 from datagen.text import normalize_series
 
 # Prompt-level provenance copied onto every pair.
 PROVENANCE = ("prompt_id", "template_id", "slots", "persona", "difficulty", "topic", "task_type", "reference", "seed", "model", "backend", "sampling",
-              "cluster_id", "cluster_label", "failure_id")
+              "cluster_id", "cluster_label", "failure_id", "group_id", "lineage")
 COMPLETION = "completion"
 # Verdicts that say the check could not judge the candidate (missing reference, broken verifier or
 # sandbox, a pattern that backtracks without end, unparsable judge): such a candidate is not known
@@ -180,12 +181,28 @@ def correction(shard: Shard, rows: list[int], config: PairsConfig) -> list[Optio
     return [Option(Side(i, COMPLETION, None, "verified"), Side(i, FAILURE_OUTPUT, None, "failure")) for i in fixed]
 
 
+def majority(shard: Shard, rows: list[int], config: PairsConfig) -> list[Option] | str:
+    """Self-consistency without references: an alive answer in its group's majority answer class
+    (the deciding vote's `<label>_in_majority`) vs a minority answer of the same group (one that
+    has an answer and reached the vote); the chosen sides' sample order, then the rejected ones'."""
+    label = config.stage_label
+    voted, in_majority, answers = shard.column(f"{label}_keep"), shard.column(f"{label}_in_majority"), shard.column(f"{label}_answer")
+    chosen = [i for i in rows if shard.alive[i] and in_majority[i] is True]
+    rejected = [i for i in rows if voted[i] is not None and in_majority[i] is False and answers[i] is not None]
+    if not chosen:
+        return "no_chosen"
+    if not rejected:
+        return "no_minority"
+    return [Option(Side(c, COMPLETION, None, "majority"), Side(r, COMPLETION, None, "minority")) for c in chosen for r in rejected]
+
+
 STRATEGIES: dict[str, Strategy] = {
     "verified": verified,
     "score_margin": score_margin,
     "pairwise": pairwise,
     "critique_revision": critique_revision,
     "correction": correction,
+    "majority": majority,
 }
 
 
@@ -265,7 +282,8 @@ def build_pairs(candidates: pl.DataFrame, config: PairsConfig) -> tuple[pl.DataF
     text_columns = [COMPLETION] + ([f"{config.stage_label}_revision"] if config.strategy == "critique_revision" else [])
     text_columns += [FAILURE_OUTPUT] if config.strategy == "correction" else []
     check = SideCheck(shard, text_columns, config)
-    groups = candidates.with_row_index("_row").group_by("prompt_id", maintain_order=True).agg("_row")
+    # A group: the samples of one prompt, or the children of one row an LLM step expanded.
+    groups = candidates.with_row_index("_row").with_columns(_group=group_ids(candidates)).group_by("_group", maintain_order=True).agg("_row")
     for rows in groups["_row"].to_list():
         tally.prompts += 1
         options = strategy(shard, rows, config)

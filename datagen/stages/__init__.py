@@ -1,4 +1,6 @@
-"""Filter stages. Each module holds one stage: its config model and the callable it builds."""
+"""Step kinds. Each module holds one kind: its config model (a StageConfigBase with a `stage`
+literal) and the Step it builds. STEP_KINDS is the registry; StageConfig, the discriminated union a
+recipe's `stages` list is validated with, is built from it. A new kind is one module plus its line here."""
 
 from __future__ import annotations
 
@@ -6,18 +8,26 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
-from datagen.stages.base import Stage, StageConfigBase
+from datagen.stages.base import RunStep, Stage, StageConfigBase, Step, StepContext
 from datagen.stages.collapse import CollapseConfig
 from datagen.stages.counterexample import CounterexampleConfig
 from datagen.stages.dedup import DedupConfig
 from datagen.stages.finished import FinishedConfig
 from datagen.stages.judge import JudgeConfig
 from datagen.stages.length import LengthConfig
+from datagen.stages.llm import LlmConfig, ParseConfig
 from datagen.stages.revise import ReviseConfig
 from datagen.stages.verify import VerifyConfig
 from datagen.stages.vote import VoteConfig
 
-# The `stage` field picks the config class; an unknown kind is a validation error naming the tags.
-StageConfig = Annotated[Union[CollapseConfig, CounterexampleConfig, DedupConfig, FinishedConfig, JudgeConfig, LengthConfig, ReviseConfig, VerifyConfig, VoteConfig], Field(discriminator="stage")]
+KINDS: tuple[type[StageConfigBase], ...] = (
+    CollapseConfig, CounterexampleConfig, DedupConfig, FinishedConfig, JudgeConfig, LengthConfig, LlmConfig,
+    ParseConfig, ReviseConfig, VerifyConfig, VoteConfig,
+)
+# `stage:` value -> config class.
+STEP_KINDS: dict[str, type[StageConfigBase]] = {kind.model_fields["stage"].default: kind for kind in KINDS}
 
-__all__ = ["Stage", "StageConfig", "StageConfigBase"]
+# The `stage` field picks the config class; an unknown kind is a validation error naming the tags.
+StageConfig = Annotated[Union[KINDS], Field(discriminator="stage")]  # type: ignore[valid-type]
+
+__all__ = ["STEP_KINDS", "RunStep", "Stage", "StageConfig", "StageConfigBase", "Step", "StepContext"]

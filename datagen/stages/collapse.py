@@ -18,7 +18,7 @@ Definitions (all over the rows alive when the stage starts):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
@@ -27,7 +27,7 @@ from pydantic import Field
 from datagen.embeddings import DEFAULT_MODEL, connected_labels, encode, load_encoder, similar_pairs
 from datagen.errors import DatagenError
 from datagen.paths import ModelRef
-from datagen.stages.base import FittedVerdicts, StageConfigBase, verdict
+from datagen.stages.base import FittedVerdicts, RunStep, Scope, StageConfigBase, verdict
 from datagen.text import tokenize
 
 GROUPS = {"template": "template_id", "persona": "persona"}
@@ -36,6 +36,7 @@ INPUT_COLUMNS = ["candidate_id", "prompt_id", "sample_index", "template_id", "pe
 
 class CollapseConfig(StageConfigBase):
     stage: Literal["collapse"] = "collapse"
+    scope: ClassVar[Scope] = "run"
     model: ModelRef = Field(DEFAULT_MODEL, min_length=1, description="'default' (packaged all-MiniLM-L6-v2), a local folder, or a hub id")
     device: str = Field("cpu", min_length=1, description="torch device for the embedding model")
     batch_size: int = Field(64, ge=1, description="texts per encoder batch")
@@ -51,7 +52,7 @@ class CollapseConfig(StageConfigBase):
         return CollapseStage(self)
 
 
-class CollapseStage:
+class CollapseStage(RunStep):
     def __init__(self, config: CollapseConfig):
         self.config = config
         self.label = config.label

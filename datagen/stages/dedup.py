@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Literal
+from typing import Callable, ClassVar, Iterator, Literal
 
 import numpy as np
 import polars as pl
@@ -25,7 +25,7 @@ from datagen.errors import DatagenError, first_line
 from datagen.lsh import best_match, candidate_pairs, greedy_clusters
 from datagen.minhash import MinHasher, band_keys, lsh_params, pair_jaccard, shingle, sorted_unique
 from datagen.paths import InputFile
-from datagen.stages.base import FittedVerdicts, StageConfigBase
+from datagen.stages.base import COLUMN, FittedVerdicts, RunStep, Scope, StageConfigBase
 
 EXACT, NEAR, REFERENCE = "exact_duplicate", "near_duplicate", "reference_match"
 PERMUTATION_SEED = 1
@@ -34,8 +34,10 @@ READERS: dict[str, Callable[[Path], pl.DataFrame]] = {".parquet": pl.read_parque
 
 class DedupConfig(StageConfigBase):
     stage: Literal["dedup"] = "dedup"
-    column: Literal["completion", "prompt", "both"] = Field(
-        "completion", description="prompt: the last user message; both: prompt and completion together"
+    scope: ClassVar[Scope] = "run"
+    column: str = Field(
+        "completion", pattern=COLUMN,
+        description="the text to compare: any text column (default: the last generated text); prompt: the last user message; both: prompt and completion together",
     )
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="Jaccard similarity of token shingles at which rows are near-duplicates")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash signature size (one-permutation bins)")
@@ -59,6 +61,10 @@ class DedupConfig(StageConfigBase):
 
     def input_files(self) -> list[Path]:
         return [Path(self.reference)] if self.reference else []
+
+    def views(self) -> dict[str, str]:
+        # prompt and both are read from the messages and the completion by the stage itself
+        return {"completion": "completion"} if self.column in ("prompt", "both") else super().views()
 
     def build(self) -> "DedupStage":
         return DedupStage(self)
@@ -263,7 +269,7 @@ def prompt_text() -> pl.Expr:
     return pl.col("messages").list.eval(user).list.last()
 
 
-class DedupStage:
+class DedupStage(RunStep):
     def __init__(self, config: DedupConfig):
         self.config = config
         self.label = config.label
@@ -282,7 +288,7 @@ class DedupStage:
         views["both"] = pl.concat_str([views["prompt"], views["completion"]], separator="\n", ignore_nulls=True)
         # With both, each part is also checked against the reference on its own; otherwise the text is the only view.
         parts = ["completion", "prompt"] if c.column == "both" else []
-        columns = [pl.col("candidate_id"), views[c.column].alias("text"), *(views[v].alias(f"view_{v}") for v in parts)]
+        columns = [pl.col("candidate_id"), views.get(c.column, views["completion"]).alias("text"), *(views[v].alias(f"view_{v}") for v in parts)]
         if c.score_column is not None:
             columns.append(pl.col(c.score_column).alias("score"))
         return frame.select(columns)

@@ -7,7 +7,7 @@ from typing import Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from datagen.stages.base import StageConfigBase, verdict
+from datagen.stages.base import StageConfigBase, Step, verdict
 
 
 class LengthConfig(StageConfigBase):
@@ -29,7 +29,7 @@ class LengthConfig(StageConfigBase):
         return LengthStage(self)
 
 
-class LengthStage:
+class LengthStage(Step):
     def __init__(self, config: LengthConfig):
         self.config = config
         self.label = config.label

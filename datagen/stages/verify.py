@@ -14,7 +14,7 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Iterator, Literal, Union
+from typing import Annotated, Any, ClassVar, Iterator, Literal, Union
 
 import jsonschema
 import polars as pl
@@ -28,7 +28,7 @@ from datagen.paths import InputFile
 from datagen.sandbox import MAXIMA, SandboxLimits, bwrap_path, call_functions
 from datagen.sandbox.suite import Suite, TestsError
 from datagen.schema import StrictModel
-from datagen.stages.base import StageConfigBase
+from datagen.stages.base import COLUMN, StageConfigBase, Step
 from datagen.text import normalize as normalize_text
 
 
@@ -392,6 +392,10 @@ ANY_TEMPLATE = "*"
 class VerifyConfig(StageConfigBase):
     stage: Literal["verify"] = "verify"
     verifiers: dict[str, VerifierConfig] = Field(min_length=1, description="template id -> verifier; '*' for any other template")
+    reference_column: str = Field(
+        "reference", pattern=COLUMN, description="the column holding the expected answer (e.g. an earlier vote's `vote_majority`)"
+    )
+    NEW_FIELDS: ClassVar[dict[str, Any]] = StageConfigBase.NEW_FIELDS | {"reference_column": "reference"}
 
     @field_validator("verifiers")
     @classmethod
@@ -400,6 +404,9 @@ class VerifyConfig(StageConfigBase):
             if key != ANY_TEMPLATE and not re.fullmatch(r"[A-Za-z0-9_.-]+", key):
                 raise ValueError(f"{key!r} is not a template id (or '*' for any other template)")
         return verifiers
+
+    def views(self) -> dict[str, str]:
+        return super().views() | {"reference": self.reference_column}
 
     def input_files(self) -> list[Path]:
         return [Path(v.schema_file) for v in self.verifiers.values() if getattr(v, "schema_file", None)]
@@ -412,7 +419,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-class VerifyStage:
+class VerifyStage(Step):
     def __init__(self, config: VerifyConfig):
         self.config = config
         self.label = config.label

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from datagen.answers import Answer, equivalent, extract_answer, parse_reference
-from datagen.stages.base import StageConfigBase, verdict
+from datagen.stages.base import Scope, StageConfigBase, Step, group_ids, verdict
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 AGREEMENT_BINS = [0.2, 0.4, 0.6, 0.8]
@@ -43,6 +43,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 class VoteConfig(StageConfigBase):
     stage: Literal["vote"] = "vote"
+    scope: ClassVar[Scope] = "group"
     ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10], description="pass@k for each k")
     keep: Literal["all", "majority"] = Field("all", description="majority: drop samples outside the majority answer class")
     min_agreement: Rate | None = Field(None, description="drop every sample of a prompt whose agreement is below this")
@@ -137,7 +138,7 @@ def vote(answers: list[Answer | None], sample_order: list[int], reference: str |
     )
 
 
-class VoteStage:
+class VoteStage(Step):
     def __init__(self, config: VoteConfig):
         self.config = config
         self.label = config.label
@@ -183,8 +184,8 @@ class VoteStage:
             if text not in extracted:
                 extracted[text] = extract_answer(text)
         rows_of: dict[str, list[int]] = {}
-        for row, prompt_id in enumerate(batch["prompt_id"].to_list()):
-            rows_of.setdefault(prompt_id, []).append(row)
+        for row, group in enumerate(group_ids(batch).to_list()):  # the samples of one prompt (or of one expanded row)
+            rows_of.setdefault(group, []).append(row)
         sample_index = batch["sample_index"].to_list()
         references = batch["reference"].to_list()
         for rows in rows_of.values():
@@ -216,7 +217,8 @@ class VoteStage:
         passes = [f"{L}_pass_at_{k}" for k in self.config.ks]
         seen = outputs.filter(pl.col(f"{L}_keep").is_not_null())
         prompts = (
-            seen.group_by("prompt_id")
+            seen.with_columns(_group=pl.coalesce("group_id", "prompt_id") if "group_id" in outputs.collect_schema() else pl.col("prompt_id"))
+            .group_by("_group")
             .agg(
                 pl.col(f"{L}_agreement", f"{L}_pass_rate", *passes).first(),
                 pl.col(f"{L}_answer").is_null().sum().alias("no_answer"),
