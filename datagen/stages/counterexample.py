@@ -25,7 +25,7 @@ from pydantic import Field, PrivateAttr
 
 from datagen.answers import final_answer
 from datagen.counterexamples.config import InputConfig
-from datagen.stages.base import FittedVerdicts, StageConfigBase
+from datagen.stages.base import FittedVerdicts, RunStep, StageConfigBase
 from datagen.stages.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
 
 BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
@@ -82,7 +82,7 @@ def parse_counterexample(text: str | None, require_box: bool = True, min_words: 
     return parsed
 
 
-class CounterexampleStage:
+class CounterexampleStage(RunStep):
     def __init__(self, config: CounterexampleConfig):
         self.config = config
         self.label = config.label

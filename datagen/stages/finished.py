@@ -14,7 +14,7 @@ from typing import Literal
 import polars as pl
 
 from datagen.degenerate import repetitive_series
-from datagen.stages.base import StageConfigBase, verdict
+from datagen.stages.base import StageConfigBase, Step, verdict
 
 
 class FinishedConfig(StageConfigBase):
@@ -35,7 +35,7 @@ def _max_tokens(sampling: str | None) -> int | None:
     return value if isinstance(value, int) else None
 
 
-class FinishedStage:
+class FinishedStage(Step):
     def __init__(self, config: FinishedConfig):
         self.config = config
         self.label = config.label

@@ -36,7 +36,7 @@ from datagen.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
 from datagen.rubrics import SCALE, Rubric, load_rubric
 from datagen.schema import BackendConfig
-from datagen.stages.base import StageConfigBase
+from datagen.stages.base import StageConfigBase, Step
 from datagen.run_dir import atomic_write_bytes, content_key
 
 Score = Literal[SCALE]  # an enum in the JSON schema, which every structured-output engine supports
@@ -174,7 +174,7 @@ TITLES = {"response": "The response", "response_a": "Response A", "response_b": 
 REFERENCE_NOTE = "A reference answer, known to be correct, for checking the response:"
 
 
-class JudgeStage:
+class JudgeStage(Step):
     def __init__(self, config: JudgeConfig, backend_factory: Callable[[], Backend] | None = None):
         self.config = config
         self.label = config.label

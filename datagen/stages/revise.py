@@ -24,7 +24,7 @@ from datagen.constitutions import Constitution, Principle, load_constitution
 from datagen.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
 from datagen.schema import BackendConfig
-from datagen.stages.base import StageConfigBase
+from datagen.stages.base import StageConfigBase, Step
 
 COLUMNS = ("principle", "critique", "revision", "error")
 CRITIQUE_REQUEST = "Critique request: {critique}\nWrite only the critique, in a few sentences. Do not rewrite the response yet."
@@ -104,7 +104,7 @@ def clean_revision(text: str) -> str:
     return LABEL.sub("", text.strip(), count=1).strip()
 
 
-class ReviseStage:
+class ReviseStage(Step):
     def __init__(self, config: ReviseConfig, backend_factory: Callable[[], Backend] | None = None):
         self.config = config
         self.label = config.label
