@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--rows", type=int, metavar="N", help="show N rows (default 5 with --where)")
     inspect.add_argument("--where", action="append", default=[], metavar="stage=NAME|COLUMN=VALUE",
                          help="stage=NAME: the rows that stage dropped, with why; COLUMN=VALUE: rows where COLUMN equals VALUE (repeatable)")
+    inspect.add_argument("--pairs", action="store_true", help="the written preference pairs: chosen beside rejected, with their scores")
+    inspect.add_argument("--errors", action="store_true", help="rows a stage recorded an error on without dropping them (a judge or revise error kept by on_error: keep)")
+    inspect.add_argument("--id", dest="row_id", metavar="ID", help="one row's full record: every column, by candidate_id (or prompt_id)")
 
     help_text = "Drop exact and near-duplicate rows of any Parquet/JSONL table (MinHash LSH on word shingles)."
     dedup = sub.add_parser("dedup", help=help_text, description=help_text)
@@ -143,8 +146,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"{s['stage']:>12}: {s['rows_in']:>6} in -> {s['kept']:>6} kept" + (f"  ({reasons})" if reasons else ""))
     if result.rows_written:
         print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
-    else:  # datasets refuses a split with no rows unless streaming
-        print(f"wrote 0 rows to {out}: no row survived the stages (see {out / 'README.md'}); inspect with datagen inspect {out}")
+    else:
+        from datagen.run_view import why_empty
+
+        why = why_empty(result.stage_stats)
+        if why is None:  # rows survived, but the output builder made nothing of them (no pair)
+            output = _output_figures(out)
+            reasons = sorted((output.get("prompts_without_pairs") or {}).items(), key=lambda kv: -kv[1])[:3]
+            why = "no prompt gave a pair: " + "; ".join(f"{r}: {c} ({explain_no_pair(r)})" for r, c in reasons) if reasons else "the output builder wrote no row"
+        print(f"wrote 0 rows to {out}: {why}; datasets.load_dataset reads it with streaming=True (datasets cannot load a split with no rows otherwise); inspect with datagen inspect {out}")
     if result.pairs_written:
         from datagen.counterexamples.output import PAIRS_DIR
 
@@ -156,6 +166,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     if report.exists():
         print(f"report: {report} (or: datagen inspect {out})")
     return 0
+
+
+def _output_figures(out: Path) -> dict:
+    """The output builder's figures the manifest records ({} when unreadable)."""
+    try:
+        output = json.loads((out / "run" / "manifest.json").read_text()).get("output")
+    except (OSError, ValueError):
+        return {}
+    return output if isinstance(output, dict) else {}
+
+
+def explain_no_pair(reason: str) -> str:
+    from datagen.run_view import explain_no_pair as explain
+
+    return explain(reason)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -269,7 +294,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.rows is not None and args.rows < 0:
         raise DatagenError("must be at least 0", field="--rows")
     try:
-        inspect(args.dir, None if args.rows is None else min(args.rows, MAX_ROWS_SHOWN), args.where)  # more than there are: all
+        inspect(args.dir, None if args.rows is None else min(args.rows, MAX_ROWS_SHOWN), args.where,  # more than there are: all
+                pairs=args.pairs, errors=args.errors, row_id=args.row_id)
     except BrokenPipeError:  # `datagen inspect DIR | head`: the reader has seen enough
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -19,6 +19,7 @@ import polars as pl
 from datagen import plots
 from datagen.run_dir import RUN_SUBDIR, atomic_write_bytes
 from datagen.trust import trust
+from datagen.run_view import explain_no_pair
 from datagen.run_view import RunView, card_funnel, key_figures, load_run, percent, summaries, summary_kind, text_of
 
 REPORT_FILE = "report.html"
@@ -221,7 +222,13 @@ def _flat(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
 def _output(view: RunView) -> str:
     """What the builder made of the surviving candidates (the manifest's `output` figures)."""
     figures = (view.manifest or {}).get("output")
-    return _figures(_flat(figures)) if isinstance(figures, dict) and figures else ""
+    if not isinstance(figures, dict) or not figures:
+        return ""
+    html = _figures(_flat(figures))
+    why = [(reason, count) for key in ("prompts_without_pairs", "skipped_options") for reason, count in (figures.get(key) or {}).items()]
+    if why:
+        html += "<h3>Why prompts gave no pair, or pairs were skipped</h3>" + _table(["reason", "count", "what it means"], [[r, c, explain_no_pair(r)] for r, c in why], {1})
+    return html
 
 
 def _judge(view: RunView) -> str:

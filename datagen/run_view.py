@@ -181,3 +181,41 @@ def text_of(value: Any) -> str:
     if isinstance(value, list):
         return "\n".join(f"[{m.get('role')}] {m.get('content')}" if isinstance(m, dict) else str(m) for m in value)
     return str(value)
+
+
+# Why a prompt gave no preference pair (datagen.builders.pairs), in words.
+NO_PAIR_REASONS = {
+    "no_chosen": "no candidate of the prompt survived every stage, so there is no chosen side",
+    "no_rejected": "no candidate failed the deciding stage (or its failures were broken checks), so there is no rejected side",
+    "below_margin": "the best and worst scores differ by less than min_margin",
+    "no_consistent_win": "no comparison had a winner in both orders (ties or order-dependent verdicts)",
+    "no_revision": "no revision: the revise stage failed or its revisions were degenerate",
+    "not_a_correction": "the row is not a correction of a failure",
+    "no_verified_correction": "no correction was verified against the expected answer",
+    "no_minority": "every sample gave the majority answer, so there is no minority side",
+    "all_skipped": "every possible pair was skipped (identical or near-duplicate sides, or past max_length_ratio)",
+    "identical": "the two sides are the same text after normalisation",
+    "near_duplicate": "the two sides are near-duplicates (token-shingle Jaccard at or above near_duplicate_threshold)",
+    "length_ratio": "one side is more than max_length_ratio times longer than the other",
+}
+
+
+def explain_no_pair(reason: str) -> str:
+    """A pair builder's reason code in words (the code itself when unknown)."""
+    return NO_PAIR_REASONS.get(reason, reason.replace("_", " "))
+
+
+def why_empty(stage_stats: list[dict[str, Any]], top: int = 3) -> str | None:
+    """Why no row survived: the stage that dropped the last alive rows and its most frequent
+    reasons, e.g. "judge dropped the last 12 rows (low_score: 9, judge_error: 3)"; None when
+    rows survived (or nothing was generated, then the generate stage is named)."""
+    for s in stage_stats:
+        if s["stage"] == "generate":
+            if s["kept"] == 0:
+                reasons = sorted(s["dropped"].items(), key=lambda kv: -kv[1])[:top]
+                return "generation produced no candidate" + (f" ({', '.join(f'{r}: {c}' for r, c in reasons)})" if reasons else "")
+            continue
+        if s["rows_in"] and s["kept"] == 0:
+            reasons = sorted(s["dropped"].items(), key=lambda kv: (-kv[1], kv[0]))[:top]
+            return f"stage {s['stage']!r} dropped the last {s['rows_in']} rows ({', '.join(f'{r}: {c}' for r, c in reasons)})"
+    return None

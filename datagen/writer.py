@@ -13,6 +13,7 @@ import pyarrow as pa
 import yaml
 
 from datagen.run_dir import atomic_write_bytes
+from datagen.run_view import explain_no_pair
 from datagen.trust import card_lines
 
 if TYPE_CHECKING:
@@ -155,7 +156,7 @@ def pairs_section(stats: dict[str, Any]) -> list[str]:
         f"up to {stats['pairs_per_prompt']} per prompt",
         f"- Pairs: {stats['pairs']} from {stats['prompts_with_pairs']} of {stats['prompts']} prompts",
     ]
-    without = ", ".join(f"{k}: {v}" for k, v in stats["prompts_without_pairs"].items()) or "-"
+    without = "; ".join(f"{k}: {v} ({explain_no_pair(k)})" for k, v in stats["prompts_without_pairs"].items()) or "-"
     skipped = ", ".join(f"{k}: {v}" for k, v in stats["skipped_options"].items()) or "-"
     lines += [f"- Prompts without a pair: {without}", f"- Candidate pairs skipped: {skipped}"]
     if stats.get("max_length_ratio") is not None:

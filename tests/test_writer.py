@@ -65,3 +65,31 @@ def test_the_card_declares_the_split_so_datasets_checks_it(project):
     assert split["num_examples"] == result.rows_written and split["num_bytes"] > 0
     info = datasets.load_dataset_builder(str(out)).info
     assert info.splits["train"].num_examples == result.rows_written, "read from the card, not ignored as malformed"
+
+
+def test_the_cli_says_which_stage_dropped_the_last_rows_and_why(project, capsys):
+    from datagen.cli import main
+
+    path = project(
+        backend={"kind": "scripted", "responses": RESPONSES, "sampling": {"n": 2, "max_tokens": 50}},
+        stages=[{"stage": "finished"}, {"stage": "length", "min_chars": 100_000}],
+    )
+    assert main(["run", str(path), "--out", str(project.root / "none"), "--progress", "none"]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 0 rows to" in out and "stage 'length' dropped the last 12 rows (too_short: 12)" in out
+
+
+def test_prompts_without_a_pair_are_explained_in_words(project, capsys):
+    from datagen.cli import main
+
+    # every candidate passes the deciding stage: no rejected side for any prompt
+    path = project(
+        backend={"kind": "scripted", "responses": RESPONSES, "sampling": {"n": 2, "max_tokens": 50}},
+        stages=[{"stage": "length", "min_chars": 1}],
+        output={"format": "dpo", "pairs": {"strategy": "verified", "stage": "length"}},
+    )
+    out_dir = project.root / "nopairs"
+    assert main(["run", str(path), "--out", str(out_dir), "--progress", "none"]) == 0
+    words = "no candidate failed the deciding stage"
+    assert f"no prompt gave a pair: no_rejected: 6 ({words}" in capsys.readouterr().out
+    assert words in (out_dir / "README.md").read_text() and words in (out_dir / "run" / "report.html").read_text()
