@@ -446,3 +446,14 @@ def test_trust_section_renders_in_a_headless_browser(same_score_run, tmp_path):
     assert ("judge", "yes", "score spread") in [(s, f, n) for s, f, n, _ in rows]
     assert {s for s, _, _, _ in rows} == {"generate", "judge", "parrot"}
     assert _ink(pixels) > 0.05
+
+
+def test_progress_counts_only_the_rows_still_alive(tmp_path):
+    stages = [{"stage": "length", "min_chars": 40}, {"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "scripted", "responses": [GOOD]}}]
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        result = run_pipeline(load_recipe(_recipe(tmp_path, stages)), tmp_path / "out", progress="log")
+    [length] = [s for s in result.stage_stats if s["stage"] == "length"]
+    assert 0 < length["kept"] < length["rows_in"]
+    assert f"[3/3] judge: {length['kept']} rows to do" in log.getvalue(), log.getvalue()
+    assert f"[2/3] length: {length['rows_in']} rows to do" in log.getvalue()

@@ -88,5 +88,7 @@ def test_a_refused_rerun_names_the_fields_that_differ(project):
     with pytest.raises(DatagenError) as err:
         run_pipeline(load_recipe(path), out, progress=False)
     assert "template file 'tiny' changed" in err.value.message
-    # a changed filter is no refusal: the run resumes and re-runs that stage
-    assert run_pipeline(load_recipe(path, ["stages.length.min_chars=6"]), out, progress=False, force=True).rows_written >= 0
+    template.write_text(template.read_text().replace("Explain", "Tell me about"))
+    # a changed filter is no refusal: the run resumes and re-runs that stage only
+    resumed = run_pipeline(load_recipe(path, ["stages.length.min_chars=6"]), out, progress=False)
+    assert [s["stage"] for s in resumed.stage_stats] == ["generate", "finished", "length", "long_enough"]
