@@ -41,6 +41,14 @@ def expand_prompts(loaded: LoadedRecipe) -> pl.DataFrame:
     return prompts_frame(rows)
 
 
+def build_steps(loaded: LoadedRecipe) -> list[Step]:
+    """Every step of the recipe, built with the run's context; building reads the files a step
+    needs (dedup's reference, a rubric) and opens no model."""
+    recipe = loaded.recipe
+    context = StepContext(recipe.backend, recipe.sampling_seed, str(loaded.path))
+    return [config.build_step(context) for config in recipe.stages]
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -141,8 +149,7 @@ def run_pipeline(
     runner = runner or LocalRunner()
     # What bad input can break (templates, stage files) fails here, before the output is touched.
     prompts = expand_prompts(loaded)
-    context = StepContext(recipe.backend, recipe.sampling_seed, str(loaded.path))
-    stages: list[Step] = [config.build_step(context) for config in recipe.stages]
+    stages = build_steps(loaded)
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force, resolved_recipe(loaded))
     try:

@@ -223,10 +223,10 @@ class RayRunner:
         fitted = isinstance(stage, RunStep)
         gpu = str(getattr(config, "device", "cpu")).startswith("cuda") and not fitted
         # A stage with global state was fitted on the driver over the whole run: ship that state,
-        # never refit per block; an expanding (LLM) step was built with the run's context (the
-        # generator's model, the sampling seed) and has not opened its model yet: ship it too.
+        # never refit per block; a step built with the run's context (an LLM step: the generator's
+        # model, the sampling seed), which has not opened its model yet: ship it too.
         # Any other stage is rebuilt from its config where it runs.
-        source = [ray.put(stage)] if fitted or config.expands else config
+        source = [ray.put(stage)] if fitted or config.needs_context else config
         args = (source, config)
         worker, args = (StageWorker, args) if engine or gpu else (stage_task, (uuid.uuid4().hex, *args))
         paths = dict(sources)

@@ -264,3 +264,28 @@ def test_killed_during_the_second_llm_step_resumes_without_asking_the_first_agai
         assert stage_rows(out, index).equals(stage_rows(tmp_path / "baseline", index)), f"stage {index} differs"
     final = pl.read_parquet(sorted((out / "data").glob("*.parquet")))
     assert final.equals(pl.read_parquet(sorted((tmp_path / "baseline" / "data").glob("*.parquet"))))
+
+
+def test_converse_extends_each_row_to_k_user_assistant_pairs_each_turn_its_own_seed(tmp_path):
+    path = chain_recipe(tmp_path, prompts=4, shard_size=4)
+    data = __import__("yaml").safe_load(path.read_text())
+    data["stages"] = [{"stage": "converse", "turns": 3, "user_system": "You are {{ persona }} asking about {{ topic }}."}]
+    data["backend"] = {"kind": "scripted", "responses": ["reply one two three", "another reply four five", "a third reply six", "fourth seven eight"], "sampling": {"n": 1, "max_tokens": 20}}
+    write_yaml(path, data)
+    out = tmp_path / "out"
+    run_pipeline(load_recipe(path), out, progress=False)
+    rows = pl.read_parquet(sorted((out / "data").glob("*.parquet")))
+    assert rows.height == 4
+    for row in rows.iter_rows(named=True):
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+        assert row["converse_turns"] == 3
+    assert rows["messages"].n_unique() > 1, "requests have their own seeds, so conversations differ"
+    steps = stage_rows(out, 1)
+    assert steps["converse_keep"].all()
+    # a rerun with other shards gives the same conversations (seeds per row, turn and role)
+    data["execution"] = {"shard_size": 1}
+    write_yaml(path, data)
+    run_pipeline(load_recipe(path), tmp_path / "again", progress=False)
+    again = pl.read_parquet(sorted((tmp_path / "again" / "data").glob("*.parquet")))
+    assert again.sort("candidate_id")["messages"].to_list() == rows.sort("candidate_id")["messages"].to_list()

@@ -95,3 +95,23 @@ def test_error_in_a_ray_worker_reaches_the_caller_as_one_line(project, local_ray
 def test_address_needs_the_ray_executor(project, capsys):
     assert main(["run", str(recipe(project)), "--out", str(project.root / "out"), "--address", "auto"]) == 2
     assert "--address: only used with --executor ray" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a local Ray
+def test_a_chain_with_llm_and_converse_steps_on_ray_equals_the_local_run(tmp_path, local_ray):
+    """LLM steps (children per row, the generator's model by default) and a converse step run on Ray
+    workers built with the run's context, and give the local executor's rows."""
+    from test_chains import chain_recipe
+
+    path = chain_recipe(tmp_path, prompts=8, shard_size=2)
+    data = __import__("yaml").safe_load(path.read_text())
+    data["stages"].append({"stage": "converse", "turns": 2, "sampling": {"max_tokens": 20}})
+    path.write_text(__import__("yaml").safe_dump(data))
+    local, distributed = tmp_path / "local", tmp_path / "ray"
+    run_pipeline(load_recipe(path), local, progress=False)
+    run_pipeline_ray(load_recipe(path), distributed, progress=False)
+    a, b = stage_shards(local), stage_shards(distributed)
+    assert list(a) == list(b) and any("_solve/" in name for name in a)
+    for name in a:
+        assert a[name].equals(b[name]), name
+    assert datasets.load_dataset(str(distributed), split="train").to_list() == datasets.load_dataset(str(local), split="train").to_list()

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from datagen.stages.base import RunStep, Stage, StageConfigBase, Step, StepContext
 from datagen.stages.collapse import CollapseConfig
+from datagen.stages.converse import ConverseConfig
 from datagen.stages.counterexample import CounterexampleConfig
 from datagen.stages.dedup import DedupConfig
 from datagen.stages.finished import FinishedConfig
@@ -21,7 +22,7 @@ from datagen.stages.verify import VerifyConfig
 from datagen.stages.vote import VoteConfig
 
 KINDS: tuple[type[StageConfigBase], ...] = (
-    CollapseConfig, CounterexampleConfig, DedupConfig, FinishedConfig, JudgeConfig, LengthConfig, LlmConfig,
+    CollapseConfig, ConverseConfig, CounterexampleConfig, DedupConfig, FinishedConfig, JudgeConfig, LengthConfig, LlmConfig,
     ParseConfig, ReviseConfig, VerifyConfig, VoteConfig,
 )
 # `stage:` value -> config class.

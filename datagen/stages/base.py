@@ -39,10 +39,14 @@ class StageConfigBase(StrictModel):
       scope: "row" (each row on its own), "group" (the rows of one group_id together, e.g. vote),
         "run" (every alive row of the run, e.g. dedup; its step is a RunStep).
       expands: the step returns new rows (children) instead of annotating its input rows.
+      needs_context: the step is built with the run's StepContext (build_step).
     """
 
     scope: ClassVar[Scope] = "row"
     expands: ClassVar[bool] = False
+    # Built from the run's StepContext (build_step), not from the config alone: executors that
+    # build steps elsewhere (Ray workers) are given the built step instead.
+    needs_context: ClassVar[bool] = False
     # Fields left out of the stage's resume key while they hold their default, so that runs made
     # before the field existed keep their finished shards.
     NEW_FIELDS: ClassVar[dict[str, Any]] = {"column": TEXT}

@@ -136,13 +136,32 @@ def _as_text(value: Any) -> str | None:
 class LlmConfig(StageConfigBase):
     stage: Literal["llm"] = "llm"
     expands: ClassVar[bool] = True
+    needs_context: ClassVar[bool] = True
 
     system: str | None = Field(None, description="Jinja over the row's columns and its template's slots")
     user: str = Field(description="Jinja over the row's columns and its template's slots")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="n completions per row, each a child row")
     backend: BackendConfig | None = Field(None, description="the model to ask; the generator's when unset")
     parser: Parser | None = None
+    vary: dict[Annotated[str, Field(pattern=COLUMN)], list[str]] | None = Field(
+        None,
+        description="one column -> values: one request per value for every row (the value is a prompt variable and the child's column), e.g. {tone: [formal, playful, concise]}",
+    )
     _compiled: dict[str, jinja2.Template] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_varied_column(self) -> "LlmConfig":
+        if self.vary is not None:
+            if len(self.vary) != 1 or not all(self.vary.values()) or any(len(set(v)) != len(v) for v in self.vary.values()):
+                raise ValueError("vary: one column with a list of distinct values")
+        return self
+
+    def variants(self) -> list[tuple[str | None, str | None]]:
+        """(column, value) per request of a row: [(None, None)] without `vary`."""
+        if self.vary is None:
+            return [(None, None)]
+        (column, values), = self.vary.items()
+        return [(column, value) for value in values]
 
     @model_validator(mode="after")
     def _compile(self) -> "LlmConfig":
@@ -169,10 +188,10 @@ class LlmConfig(StageConfigBase):
         for text in (self.system, self.user):
             if text is not None:
                 names |= _undeclared(env.parse(text))
-        return names - {SLOTS_VARIABLE}
+        return names - {SLOTS_VARIABLE} - set(self.vary or {})
 
     def writes(self) -> set[str]:
-        parsed = set(self.parser.columns()) if self.parser else set()
+        parsed = (set(self.parser.columns()) if self.parser else set()) | set(self.vary or {})
         return super().writes() | parsed | {f"{self.label}_error", f"{self.label}_completion", "generate_completion", "parent_id", "group_id", "lineage", "step"}
 
     def model_backend(self, context: StepContext) -> BackendConfig:
@@ -189,11 +208,14 @@ class Rendered:
 
 
 def render_requests(config: LlmConfig, rows: list[dict[str, Any]]) -> list[Rendered]:
-    """Each row's messages, or why it cannot render (an undefined column, a sandbox refusal)."""
+    """Each (row, variant)'s messages, row by row, or why it cannot render (an undefined column,
+    a sandbox refusal)."""
     out = []
-    for row in rows:
+    for row, (column, value) in ((row, variant) for row in rows for variant in config.variants()):
         slots = json.loads(row.get("slots") or "{}")
         variables = slots | {k: v for k, v in row.items() if not k.startswith("_")} | {SLOTS_VARIABLE: slots}
+        if column is not None:
+            variables[column] = value
         messages, error = [], None
         for role in ("system", "user"):
             template = config._compiled.get(role)
@@ -230,17 +252,22 @@ class LlmStep(Step):
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         c, L = self.config, self.label
         rows = batch.to_dicts()
-        rendered = bounded_rendering(lambda: render_requests(c, rows), Path(self.source), len(rows)) if rows else []
-        seeds = [request_seed(self.seed, f"{L}:{row['candidate_id']}") for row in rows]
+        variants = c.variants()
+        rendered = bounded_rendering(lambda: render_requests(c, rows), Path(self.source), len(rows) * len(variants)) if rows else []
+        # one request per (row, variant), row by row; its seed from the step, the parent and the variant
+        jobs = [(i, v) for i in range(len(rows)) for v in range(len(variants))]
+        seeds = [request_seed(self.seed, f"{L}:{rows[i]['candidate_id']}" + ("" if variants[v][0] is None else f":{variants[v][1]}")) for i, v in jobs]
         schema = c.parser.json_schema if isinstance(c.parser, JsonParser) else None
-        asked = [i for i, r in enumerate(rendered) if r.messages is not None]
-        requests = [ChatRequest(messages=rendered[i].messages, seed=seeds[i], json_schema=schema) for i in asked]
+        asked = [q for q, r in enumerate(rendered) if r.messages is not None]
+        requests = [ChatRequest(messages=rendered[q].messages, seed=seeds[q], json_schema=schema) for q in asked]
         generations = dict(zip(asked, self.model.ask(requests, c.sampling)))
         sampling_json = json.dumps(c.sampling.model_dump(mode="json") | {"seed": self.seed}, sort_keys=True)
         parsed_columns = c.parser.columns() if c.parser else []
+        varied = [column for column, _ in variants if column is not None]
         model_name = self.model.backend.model_name if self.model.backend is not None else None
         children = []
-        for i, row in enumerate(rows):
+        for q, (i, v) in enumerate(jobs):
+            row, (column, value) = rows[i], variants[v]
             parent = row["candidate_id"]
             base = row | {
                 "parent_id": parent,
@@ -249,20 +276,23 @@ class LlmStep(Step):
                 "step": L,
                 # first generation's text, kept beside every later step's own (<label>_completion)
                 "generate_completion": row["completion"] if row.get("step") is None else row.get("generate_completion"),
-                "sample_seed": seeds[i],
+                "sample_seed": seeds[q],
                 "sampling": sampling_json,
                 "model": model_name or row.get("model"),
                 "backend": self.backend_config.kind,
             } | {name: None for name in parsed_columns}
-            generation = generations.get(i)
+            if column is not None:
+                base[column] = value
+            first = v * c.sampling.n  # child k: variant v's sample s is k = v * n + s
+            generation = generations.get(q)
             if generation is None or generation.error is not None:
                 reason = "render_error" if generation is None else "generate_error"
-                error = rendered[i].error if generation is None else generation.error
-                messages = rendered[i].messages or []
-                children.append(base | self._child(parent, 0, messages, None, "error", 0, 0) | {f"{L}_keep": False, f"{L}_reason": reason, f"{L}_error": error})
+                error = rendered[q].error if generation is None else generation.error
+                messages = rendered[q].messages or []
+                children.append(base | self._child(parent, first, messages, None, "error", 0, 0) | {f"{L}_keep": False, f"{L}_reason": reason, f"{L}_error": error})
                 continue
-            for k, completion in enumerate(generation.completions):
-                child = base | self._child(parent, k, rendered[i].messages, completion.text, completion.finish_reason, generation.prompt_tokens, completion.completion_tokens)
+            for s, completion in enumerate(generation.completions):
+                child = base | self._child(parent, first + s, rendered[q].messages, completion.text, completion.finish_reason, generation.prompt_tokens, completion.completion_tokens)
                 child |= {f"{L}_keep": True, f"{L}_reason": None, f"{L}_error": None}
                 if c.parser is not None:
                     try:
@@ -275,7 +305,7 @@ class LlmStep(Step):
             "parent_id": pl.String, "group_id": pl.String, "lineage": pl.List(pl.String), "step": pl.String,
             "generate_completion": pl.String, f"{L}_completion": pl.String,
             f"{L}_keep": pl.Boolean, f"{L}_reason": pl.String, f"{L}_error": pl.String,
-        } | {name: pl.String for name in parsed_columns}
+        } | {name: pl.String for name in [*parsed_columns, *varied]}
         for row in children:
             row[f"{L}_completion"] = row["completion"]
         schema = dict(batch.schema) | new

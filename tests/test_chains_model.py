@@ -1,0 +1,68 @@
+"""The shipped chain recipes (self_instruct_math, restyle, multi_turn) run end to end with the
+embedded model through the CLI (small counts), the output loads with `datasets`, and TRL's
+SFTTrainer / DPOTrainer take two steps on it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+
+from datagen.answers import extract_answer
+from helpers import PIPELINES, assert_two_steps, datagen_cli, load_embedded_model, train_dpo, trainer_args
+
+pytestmark = [pytest.mark.model, pytest.mark.slow]
+
+
+def run_recipe(name: str, out: Path, *overrides: str) -> datasets.Dataset:
+    result = datagen_cli("run", PIPELINES / f"{name}.yaml", "--out", out, "--progress", "none", *overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.num_rows > 0, f"{name}: no rows survived"
+    return ds
+
+
+def train_sft(ds: datasets.Dataset, out: Path) -> None:
+    from trl import SFTConfig, SFTTrainer
+
+    model, tokenizer = load_embedded_model()
+    trainer = SFTTrainer(model=model, args=trainer_args(SFTConfig, out), train_dataset=ds, processing_class=tokenizer)
+    assert len(trainer.train_dataset) == ds.num_rows
+    assert_two_steps(trainer)
+
+
+def test_self_instruct_math_sft_rows_agree_with_their_problems_majority(tmp_path):
+    ds = run_recipe("self_instruct_math", tmp_path / "out")
+    for row in ds:
+        assert row["step"] == "solve" and row["lineage"][-1] == row["parent_id"] == row["group_id"]
+        assert row["messages"][-2]["content"] == row["question"], "the solve step's request is the generated question"
+        assert extract_answer(row["messages"][-1]["content"]).text == row["vote_majority"] or row["verify_answer"] is not None
+        assert json.loads(row["generate_completion"])["question"] == row["question"]
+    train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
+
+
+def test_self_instruct_math_as_majority_vs_minority_pairs(tmp_path):
+    ds = run_recipe("self_instruct_math", tmp_path / "out", "--set", "output.format=dpo", "--set", "output.pairs.strategy=majority",
+                    "--set", "templates.0.count=10")
+    assert set(ds["strategy"]) == {"majority"} and set(ds["chosen_verdict"]) == {"majority"} and set(ds["rejected_verdict"]) == {"minority"}
+    train_dpo(ds.select_columns(["prompt", "chosen", "rejected"]), tmp_path / "dpo")
+
+
+def test_restyle_rewrites_keep_the_final_answer(tmp_path):
+    ds = run_recipe("restyle", tmp_path / "out")
+    assert set(ds["tone"]) <= {"formal", "playful", "concise"}
+    for row in ds:
+        assert f"in a {row['tone']} tone" in row["messages"][-2]["content"]
+        assert row["keeps_answer_answer"] is not None and row["verify_answer"] is not None
+    train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
+
+
+def test_multi_turn_conversations_have_three_user_assistant_pairs(tmp_path):
+    ds = run_recipe("multi_turn", tmp_path / "out")
+    for row in ds:
+        turns = [m["role"] for m in row["messages"] if m["role"] != "system"]
+        assert turns == ["user", "assistant"] * 3
+        assert all(m["content"].strip() for m in row["messages"])
+    train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
