@@ -72,11 +72,17 @@ def _parser() -> argparse.ArgumentParser:
     help_text = ("Targeted training data from a model's failures: cluster them, split --budget prompts across the clusters by "
                  "size x severity, generate new problems of each kind and re-solve the failures (runs pipelines/counterexamples.yaml).")
     cx = sub.add_parser("counterexamples", help=help_text, description=help_text)
-    cx.add_argument("failures", type=Path, help="failed eval cases (.parquet or .jsonl): prompt, output; optional expected, tag, severity, id")
+    cx.add_argument("failures", type=Path,
+                    help="failed eval cases (.parquet or .jsonl): prompt, output; optional expected, tag, severity, id, kind, tests")
     cx.add_argument("--budget", type=int, required=True, help="prompts to generate, spread across the clusters")
-    cx.add_argument("--train", type=Path, help="the training set (.parquet or .jsonl with prompt, or TRL messages): neighbours and decontamination")
-    cx.add_argument("--k", type=int, help="number of clusters (default: chosen by silhouette)")
-    cx.add_argument("--out", type=Path, required=True, help="output directory: the targeted set, and the DPO pairs in OUT/pairs")
+    cx.add_argument("--train", type=Path,
+                    help="the training set (.parquet or .jsonl with prompt, or TRL messages): neighbours and decontamination (default: none)")
+    cx.add_argument("--k", type=int, help="number of clusters (default: the smallest k whose mean silhouette over seeds is near the best)")
+    cx.add_argument("--out", type=Path, help="output directory: the targeted set, and the DPO pairs in OUT/pairs (not with --plan)")
+    cx.add_argument("--plan", action="store_true",
+                    help="print the clusters (id, label, size, severity, members, central and nearest training examples) and the "
+                         "budget per cluster, without generating anything")
+    cx.add_argument("--json", action="store_true", help="with --plan: print the plan as JSON")
     cx.add_argument("--recipe", type=Path, default=COUNTEREXAMPLE_RECIPE, help="the recipe to run (default: pipelines/counterexamples.yaml)")
     cx.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any other recipe field")
     cx.add_argument("--force", action="store_true", help="replace a run of a different recipe in --out")
@@ -301,10 +307,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_counterexamples(args: argparse.Namespace) -> int:
     """Sugar for `datagen run RECIPE --set input.failures=F --set budget=B ...`, checking the files first."""
+    from datagen.counterexamples.config import MAX_CLUSTERS
     from datagen.counterexamples.failures import read_failures, read_train
     from datagen.recipe import load_recipe
-
-    from datagen.counterexamples.config import MAX_CLUSTERS
     from datagen.recipe import MAX_COUNT
 
     if not 1 <= args.budget <= MAX_COUNT:
@@ -317,12 +322,24 @@ def cmd_counterexamples(args: argparse.Namespace) -> int:
     if args.k is not None:
         overrides.append(f"input.k={args.k}")
     overrides += args.overrides
-    source = load_recipe(args.recipe, overrides).recipe.input
+    if args.json and not args.plan:
+        raise DatagenError("only used with --plan", field="--json")
+    if args.plan == (args.out is not None):
+        raise DatagenError("pass --out DIR to generate, or --plan to print the plan only", field="--out")
+    recipe = load_recipe(args.recipe, overrides).recipe
+    source = recipe.input
     assert source is not None  # the overrides above give it one
     # A bad failures or training file fails here, in one line, before any model loads.
-    read_failures(args.failures, source.text_column, source.severity_column, source.severity_required)
+    read_failures(args.failures, source.text_column, source.severity_column, source.severity_required, source.kind)
     if args.train is not None:
         read_train(args.train, source.text_column)
+    if args.plan:
+        from datagen.counterexamples.plan import make_plan
+        from datagen.counterexamples.plan_text import plan_text
+
+        report = make_plan(source, recipe.budget, recipe.seed).report(details=True)
+        print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else plan_text(report))
+        return 0
     run = argparse.Namespace(recipe=args.recipe, overrides=overrides, out=args.out, force=args.force, resume=False,
                              no_progress=args.no_progress, progress="auto", executor="local", address=None)
     return cmd_run(run)

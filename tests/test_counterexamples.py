@@ -212,7 +212,8 @@ def test_read_failures_fills_defaults_and_keeps_ids(tmp_path):
     assert frame["expected"].to_list() == ["5", None], "numbers become text; a missing one is null"
     assert frame["severity"].to_list() == [1.0, 2.0] and frame["tag"].to_list() == [None, None]
     named = read_failures(write_jsonl(tmp_path / "g.jsonl", [{"id": 7, "question": "Q?", "output": "A", "sev": 0.5}]), "question", "sev", True)
-    assert named.row(0, named=True) == {"failure_id": "7", "prompt": "Q?", "output": "A", "expected": None, "tag": None, "severity": 0.5}
+    assert named.row(0, named=True) == {"failure_id": "7", "prompt": "Q?", "output": "A", "expected": None, "tag": None, "severity": 0.5,
+                                       "kind": "math", "tests": None}
 
 
 @pytest.mark.parametrize(
@@ -305,7 +306,7 @@ CX_RECIPE = {
     "seed": 11,
     "template_dirs": [str(TEMPLATES), str(TEMPLATES / "failures")],
     "templates": [{"name": "counterexamples"}, {"name": "corrections"}],
-    "input": {"failures": "failures.jsonl", "train": str(TRAIN), "k": 3},
+    "input": {"failures": "failures.jsonl", "train": "train.jsonl", "k": 3},
     "budget": 20,
     "backend": {"kind": "scripted", "sampling": {"n": 2, "max_tokens": 400}},
     "stages": [
@@ -322,6 +323,8 @@ CX_RECIPE = {
 def scripted_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("cx")
     recipe = write_yaml(root / "pipelines" / "cx.yaml", CX_RECIPE)
+    # A copy: the shipped example training set is only used with the shipped example failures.
+    (root / "pipelines" / "train.jsonl").write_text(TRAIN.read_text())
     failures = planted(root / "pipelines" / "failures.jsonl", PLANTED, EVEN)
     loaded = load_recipe(recipe)
     out = root / "out"

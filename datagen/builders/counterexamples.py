@@ -3,7 +3,9 @@ candidate, with the cluster it targets.
 
 A counterexample row is the new problem as the user turn and its worked solution as the assistant
 turn (parsed by the counterexample stage: the prompt that asked for it is not training data); a
-correction row is the failed eval prompt with the sample that verified against its expected answer.
+correction row is the failed eval prompt with the sample that verified against its expected answer
+(math) or passed the case's tests (code). Code rows carry `tests` (the unit tests) and
+`tests_passed` (true: they ran in the sandbox and passed; a kept code row always has true).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datagen.errors import DatagenError
 from datagen.generate import MESSAGE
 
 ROLE_COUNTEREXAMPLE, ROLE_CORRECTION = "counterexample", "correction"
-PROVENANCE = ("role", "cluster_id", "cluster_label", "cluster_size", "cluster_severity", "seed_ids", "neighbour_ids", "failure_id",
+PROVENANCE = ("role", "kind", "cluster_id", "cluster_label", "cluster_size", "cluster_severity", "seed_ids", "neighbour_ids", "failure_id",
               "prompt_id", "candidate_id", "template_id", "slots", "seed", "sample_seed", "model", "backend", "sampling")
 
 
@@ -34,18 +36,26 @@ def _turn(role: str, content: pl.Expr) -> pl.Expr:
 
 def counterexample_rows(candidates: pl.DataFrame, stage_labels: list[str]) -> pl.DataFrame:
     alive = candidates.filter(pl.col("keep"))
-    schema = {"messages": pl.List(MESSAGE), "answer": pl.String} | {c: candidates.schema[c] for c in PROVENANCE if c in candidates.columns}
+    checked = {"messages": pl.List(MESSAGE), "answer": pl.String, "tests": pl.String, "tests_passed": pl.Boolean}
+    schema = checked | {c: candidates.schema[c] for c in PROVENANCE if c in candidates.columns}
     if alive.height == 0:
         return pl.DataFrame(schema=schema)
     label = counterexample_stage(candidates.columns, stage_labels)
-    rest = [c for c in schema if c not in ("messages", "answer")]
+    rest = [c for c in schema if c not in checked]
     problem, solution, answer = (pl.col(f"{label}_{part}") for part in ("problem", "solution", "answer"))
+    own_tests = pl.col(f"{label}_tests") if f"{label}_tests" in alive.columns else pl.lit(None, dtype=pl.String)
+    own_passed = pl.col(f"{label}_tests_passed") if f"{label}_tests_passed" in alive.columns else pl.lit(None, dtype=pl.Boolean)
     new = alive.filter((pl.col("role") == ROLE_COUNTEREXAMPLE) & problem.is_not_null()).select(
-        pl.concat_list(_turn("user", problem), _turn("assistant", solution)).alias("messages"), answer.alias("answer"), *rest
+        pl.concat_list(_turn("user", problem), _turn("assistant", solution)).alias("messages"), answer.alias("answer"),
+        own_tests.alias("tests"), own_passed.alias("tests_passed"), *rest,
     )
+    # A correction is alive only after its verifier passed it: with tests, they ran and passed.
+    given_tests = pl.col("tests") if "tests" in alive.columns else pl.lit(None, dtype=pl.String)
     fixed = alive.filter(pl.col("role") == ROLE_CORRECTION).select(
         pl.concat_list(pl.col("messages"), pl.concat_list(_turn("assistant", pl.col("completion")))).alias("messages"),
         pl.col("reference").alias("answer"),
+        given_tests.alias("tests"),
+        pl.when(given_tests.is_not_null()).then(pl.lit(True)).otherwise(pl.lit(None, dtype=pl.Boolean)).alias("tests_passed"),
         *rest,
     )
     return pl.concat([new, fixed])

@@ -40,7 +40,8 @@ class Cluster:
 class Clustering:
     clusters: list[Cluster]
     assignment: np.ndarray  # cluster id of each failure row
-    silhouettes: dict[int, float]  # k -> silhouette, for each k tried; empty when k was given
+    silhouettes: dict[int, float]  # k -> mean silhouette over the seeds, for each k tried; empty when k was given
+    spread: dict[int, float] = field(default_factory=dict)  # k -> standard deviation of those silhouettes
 
 
 def unit(vectors: np.ndarray) -> np.ndarray:
@@ -55,34 +56,60 @@ def embed_pairs(encoder, prompts: list[str], outputs: list[str], batch_size: int
     return prompt_vectors, np.hstack([prompt_vectors, output_vectors]) / np.sqrt(2.0)
 
 
-def kmeans(vectors: np.ndarray, k: int, seed: int) -> np.ndarray:
+def kmeans_runs(vectors: np.ndarray, k: int, seeds: list[int]) -> list[tuple[float, np.ndarray]]:
+    """(inertia, labels) of one k-means (10 initialisations, sklearn's best) per seed."""
     from sklearn.cluster import KMeans
 
+    runs = []
     with warnings.catch_warnings():
         # Fewer distinct points than k: sklearn warns and still returns k labels; the caller copes.
         warnings.simplefilter("ignore")
-        return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(vectors)
+        for s in seeds:
+            model = KMeans(n_clusters=k, n_init=10, random_state=s).fit(vectors)
+            runs.append((float(model.inertia_), model.labels_.astype(np.int64)))
+    return runs
 
 
-def choose_k(vectors: np.ndarray, k_range: tuple[int, int], seed: int) -> tuple[np.ndarray, dict[int, float]]:
-    """Labels of the k in k_range with the highest cosine silhouette (the smaller k on ties).
-    Fewer than 3 distinct failures cannot be split meaningfully: one cluster."""
+def kmeans(vectors: np.ndarray, k: int, seed: int, n_seeds: int = 1) -> np.ndarray:
+    """Labels of the lowest-inertia k-means over seeds seed .. seed + n_seeds - 1."""
+    return min(kmeans_runs(vectors, k, [seed + i for i in range(n_seeds)]), key=lambda run: run[0])[1]
+
+
+def choose_k(
+    vectors: np.ndarray, k_range: tuple[int, int], seed: int, n_seeds: int = 5, tolerance: float = 0.01
+) -> tuple[np.ndarray, dict[int, float], dict[int, float]]:
+    """(labels, mean silhouette per k, its standard deviation per k).
+
+    The rule: for each k in k_range, k-means is run with `n_seeds` seeds (seed, seed + 1, ...; 10
+    initialisations each) and the cosine silhouettes of the runs are averaged. The chosen k is the
+    smallest one whose mean silhouette is within `tolerance` (absolute) of the best mean: on a flat
+    curve the top is noise, and fewer clusters are easier to act on. Its labels are those of its
+    lowest-inertia run. Averaging over seeds and taking the minimum inertia over all of them is
+    what makes the choice, and the clusters, the same for other seeds (Rousseeuw 1987 for the
+    silhouette; the tolerance rule is the "one standard error" idea of Hastie et al., ESL 7.10).
+    Fewer than 3 distinct failures cannot be split meaningfully: one cluster.
+    """
     from sklearn.metrics import silhouette_score
 
     distinct = len(np.unique(vectors.round(6), axis=0))
     lo, hi = k_range
-    scores: dict[int, float] = {}
-    best: tuple[float, np.ndarray] | None = None
+    seeds = [seed + i for i in range(n_seeds)]
+    means: dict[int, float] = {}
+    spreads: dict[int, float] = {}
+    best_runs: dict[int, np.ndarray] = {}
     for k in range(lo, min(hi, distinct - 1) + 1):
-        labels = kmeans(vectors, k, seed)
-        if len(np.unique(labels)) < 2:
+        runs = [(inertia, labels) for inertia, labels in kmeans_runs(vectors, k, seeds) if len(np.unique(labels)) >= 2]
+        if not runs:
             continue
-        scores[k] = round(float(silhouette_score(vectors, labels, metric="cosine")), 4)
-        if best is None or scores[k] > best[0]:
-            best = (scores[k], labels)
-    if best is None:
-        return np.zeros(len(vectors), dtype=np.int64), scores
-    return best[1], scores
+        scores = [float(silhouette_score(vectors, labels, metric="cosine")) for _, labels in runs]
+        means[k] = round(float(np.mean(scores)), 4)
+        spreads[k] = round(float(np.std(scores)), 4)
+        best_runs[k] = min(runs, key=lambda run: run[0])[1]
+    if not means:
+        return np.zeros(len(vectors), dtype=np.int64), means, spreads
+    top = max(means.values())
+    chosen = min(k for k, score in means.items() if score >= top - tolerance)
+    return best_runs[chosen], means, spreads
 
 
 def distinctive_terms(documents: list[str], top: int = TERMS_PER_CLUSTER) -> list[list[str]]:
@@ -112,14 +139,17 @@ def distinctive_terms(documents: list[str], top: int = TERMS_PER_CLUSTER) -> lis
 
 
 def cluster_failures(
-    vectors: np.ndarray, texts: list[str], *, k: int | None, k_range: tuple[int, int], seed: int
+    vectors: np.ndarray, texts: list[str], *, k: int | None, k_range: tuple[int, int], seed: int,
+    n_seeds: int = 5, tolerance: float = 0.01,
 ) -> Clustering:
-    """Clusters numbered by size (largest first, then by first member), members most central first."""
+    """Clusters numbered by size (largest first, then by first member), members most central first.
+    k given: the lowest-inertia k-means over `n_seeds` seeds; else choose_k's rule."""
     n = len(vectors)
+    spread: dict[int, float] = {}
     if k is not None:
-        raw, silhouettes = kmeans(vectors, k, seed) if k > 1 else np.zeros(n, dtype=np.int64), {}
+        raw, silhouettes = kmeans(vectors, k, seed, n_seeds) if k > 1 else np.zeros(n, dtype=np.int64), {}
     else:
-        raw, silhouettes = choose_k(vectors, k_range, seed)
+        raw, silhouettes, spread = choose_k(vectors, k_range, seed, n_seeds, tolerance)
     groups = [np.flatnonzero(raw == label) for label in np.unique(raw)]
     groups.sort(key=lambda rows: (-len(rows), rows[0]))
     clusters, assignment = [], np.empty(n, dtype=np.int64)
@@ -131,7 +161,7 @@ def cluster_failures(
         assignment[rows] = cid
     for cluster, terms in zip(clusters, distinctive_terms([" ".join(texts[i] for i in c.members) for c in clusters])):
         cluster.terms = terms
-    return Clustering(clusters, assignment, silhouettes)
+    return Clustering(clusters, assignment, silhouettes, spread)
 
 
 def nearest(candidates: np.ndarray, query: np.ndarray, count: int) -> np.ndarray:

@@ -36,6 +36,7 @@ PROVENANCE_SCHEMA: dict[str, pl.DataType] = {
     "neighbour_ids": pl.List(pl.String),  # training examples shown in the prompt
     "failure_id": pl.String,  # correction: the failure asked again
     "failure_output": pl.String,  # correction: its failing output, the rejected side of a pair
+    "kind": pl.String,  # code | math | text: the cluster's kind, which decides the template and the checks
 }
 
 
@@ -62,7 +63,8 @@ def _draw(template: Template, reserved: str, value: dict[str, Any], rng: random.
 
 def _failure(failures: pl.DataFrame, row: int) -> dict[str, Any]:
     f = failures.row(row, named=True)
-    return {"id": f["failure_id"], "prompt": f["prompt"], "output": f["output"], "expected": f["expected"], "tag": f["tag"]}
+    return {"id": f["failure_id"], "prompt": f["prompt"], "output": f["output"], "expected": f["expected"], "tag": f["tag"],
+            "tests": f["tests"]}
 
 
 def _provenance(p: ClusterPlan, role: str, seed_ids: list[str], neighbour_ids: list[str], failure: dict | None) -> dict[str, Any]:
@@ -76,17 +78,18 @@ def _provenance(p: ClusterPlan, role: str, seed_ids: list[str], neighbour_ids: l
         "neighbour_ids": neighbour_ids,
         "failure_id": failure["id"] if failure else None,
         "failure_output": failure["output"] if failure else None,
+        "kind": p.kind,
     }
 
 
-def counterexample_rows(plan: Plan, template: Template, seed: int) -> list[dict[str, Any]]:
+def counterexample_rows(plan: Plan, template: Template, seed: int, clusters: list[ClusterPlan] | None = None) -> list[dict[str, Any]]:
     """One prompt per unit of each cluster's budget not spent on corrections. Prompt j shows
     `seeds_per_cluster` failures drawn from the cluster's central pool (most central first) and the
     training examples nearest the cluster."""
     _require_slot(template, CLUSTER_SLOT)
     failures, train = plan.failures, plan.train
     rows = []
-    for p in plan.clusters:
+    for p in plan.clusters if clusters is None else clusters:
         neighbours = [train.row(i, named=True) for i in p.neighbours] if train is not None else []
         neighbour_values = [{"id": n["train_id"], "prompt": n["prompt"]} for n in neighbours]
         for j in range(p.new_problems):
@@ -105,26 +108,39 @@ def counterexample_rows(plan: Plan, template: Template, seed: int) -> list[dict[
     return rows
 
 
-def correction_rows(plan: Plan, template: Template, seed: int) -> list[dict[str, Any]]:
-    """One prompt per failure a cluster re-solves: the failure's own prompt, its `expected` as reference."""
+def correction_rows(plan: Plan, template: Template, seed: int, clusters: list[ClusterPlan] | None = None) -> list[dict[str, Any]]:
+    """One prompt per failure a cluster re-solves: the failure's own prompt, its `expected` as
+    reference (math) or its `tests` (code)."""
     _require_slot(template, FAILURE_SLOT)
     rows = []
-    for p in plan.clusters:
+    for p in plan.clusters if clusters is None else clusters:
         for row_index in p.corrections:
             failure = _failure(plan.failures, row_index)
             rng = random.Random(f"{seed}:{template.id}:{failure['id']}")
             row = render_prompt(template, _draw(template, FAILURE_SLOT, failure, rng), seed)
-            if row["reference"] is None:
+            if p.kind == "code":
+                if not row.get("tests"):
+                    raise DatagenError("renders no tests; code corrections are checked by them (use {{ failure.tests }})", template.path, "tests")
+            elif row["reference"] is None:
                 raise DatagenError("renders no reference; corrections are verified against it (use {{ failure.expected }})", template.path, "reference")
             rows.append(row | _provenance(p, CORRECTION, [failure["id"]], [], failure))
     return rows
 
 
 def expand_plan(plan: Plan, templates: dict[str, Template], seed: int) -> list[dict[str, Any]]:
+    """Code clusters get the code templates (when the input names them), the others the default ones."""
     config = plan.config
-    rows = counterexample_rows(plan, templates[config.counterexample_template], seed)
-    if config.correction_template is not None:
-        rows += correction_rows(plan, templates[config.correction_template], seed)
+    code = [p for p in plan.clusters if p.kind == "code" and config.code_counterexample_template is not None]
+    other = [p for p in plan.clusters if p not in code]
+    rows = counterexample_rows(plan, templates[config.counterexample_template], seed, other)
+    if code:
+        rows += counterexample_rows(plan, templates[config.code_counterexample_template], seed, code)
+    fixed_by_code = [p for p in plan.clusters if p.kind == "code" and config.code_correction_template is not None]
+    fixed_other = [p for p in plan.clusters if p.kind != "code" and config.correction_template is not None]
+    if fixed_other:
+        rows += correction_rows(plan, templates[config.correction_template], seed, fixed_other)
+    if fixed_by_code:
+        rows += correction_rows(plan, templates[config.code_correction_template], seed, fixed_by_code)
     return rows
 
 

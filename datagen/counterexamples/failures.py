@@ -15,6 +15,8 @@ from datagen.errors import DatagenError
 from datagen.stages.dedup import read_table
 
 OUTPUT_COLUMN, EXPECTED_COLUMN, TAG_COLUMN, ID_COLUMN = "output", "expected", "tag", "id"
+KIND_COLUMN, TESTS_COLUMN = "kind", "tests"
+KINDS = ("code", "math", "text")
 FAILURE_SCHEMA = {
     "failure_id": pl.String,
     "prompt": pl.String,
@@ -22,6 +24,8 @@ FAILURE_SCHEMA = {
     "expected": pl.String,
     "tag": pl.String,
     "severity": pl.Float64,
+    "kind": pl.String,  # code | math | text: which templates and checks its cluster gets
+    "tests": pl.String,  # code: asserts (the python_tests format) the expected code passes and the output fails
 }
 TRAIN_SCHEMA = {"train_id": pl.String, "prompt": pl.String}
 
@@ -84,15 +88,38 @@ def _severity(frame: pl.DataFrame, column: str, path: Path, required: bool) -> p
     return values
 
 
-def read_failures(path: str | Path, text_column: str = "prompt", severity_column: str = "severity", severity_required: bool = False) -> pl.DataFrame:
-    """failure_id, prompt, output, expected (null where unknown), tag, severity (1.0 by default)."""
+def _kinds(frame: pl.DataFrame, path: Path, kind: str, outputs: list[str | None], expected: list[str | None]) -> pl.Series:
+    """`kind` given (not auto): every failure is of it; else a `kind` column where a row has one;
+    else detected: code when the expected answer (or, without one, the output) is Python defining
+    a function or class, math otherwise."""
+    from datagen.counterexamples.signals import is_code_failure
+
+    if kind != "auto":
+        return pl.Series([kind] * frame.height, dtype=pl.String)
+    given = _text(frame, KIND_COLUMN, path, required=False)
+    given_list = given.to_list() if given is not None else [None] * frame.height
+    kinds = []
+    for row, (value, out, exp) in enumerate(zip(given_list, outputs, expected), start=1):
+        if value is not None and value.strip().lower() not in KINDS:
+            raise DatagenError(f"row {row}: kind must be one of {', '.join(KINDS)} (got {value!r})", path, KIND_COLUMN)
+        kinds.append(value.strip().lower() if value is not None else "code" if is_code_failure(out, exp) else "math")
+    return pl.Series(kinds, dtype=pl.String)
+
+
+def read_failures(
+    path: str | Path, text_column: str = "prompt", severity_column: str = "severity", severity_required: bool = False, kind: str = "auto"
+) -> pl.DataFrame:
+    """failure_id, prompt, output, expected (null where unknown), tag, severity (1.0 by default),
+    kind (see _kinds), tests (null where none). Only the prompt and output columns are required."""
     path = Path(path)
     frame = read_table(path, "failures")
     prompt = _text(frame, text_column, path, required=True)
     output = _text(frame, OUTPUT_COLUMN, path, required=True)
     expected = _text(frame, EXPECTED_COLUMN, path, required=False, numbers_ok=True)
     tag = _text(frame, TAG_COLUMN, path, required=False, numbers_ok=True)
+    tests = _text(frame, TESTS_COLUMN, path, required=False)
     none = pl.Series([None] * frame.height, dtype=pl.String)
+    kinds = _kinds(frame, path, kind, output.to_list(), expected.to_list() if expected is not None else [None] * frame.height)
     return pl.DataFrame(
         {
             "failure_id": _ids(frame, path, "failure-"),
@@ -101,6 +128,8 @@ def read_failures(path: str | Path, text_column: str = "prompt", severity_column
             "expected": expected if expected is not None else none,
             "tag": tag if tag is not None else none,
             "severity": _severity(frame, severity_column, path, severity_required),
+            "kind": kinds,
+            "tests": tests if tests is not None else none,
         },
         schema=FAILURE_SCHEMA,
     )

@@ -23,9 +23,10 @@ PAIRS_DIR = "pairs"
 
 def correction_stage(loaded: LoadedRecipe) -> str | None:
     """The label of the verify stage that checks the corrections, if the recipe has one."""
-    template = loaded.recipe.input.correction_template if loaded.recipe.input else None
+    source = loaded.recipe.input
+    templates = [t for t in (source.correction_template, source.code_correction_template) if t] if source else []
     for stage in loaded.recipe.stages:
-        if stage.stage == "verify" and template is not None and (stage.templates is None or template in stage.templates):
+        if stage.stage == "verify" and templates and (stage.templates is None or any(t in stage.templates for t in templates)):
             return stage.label
     return None
 

@@ -7,20 +7,52 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from datagen.counterexamples.allocate import allocate
-from datagen.counterexamples.clusters import Cluster, Clustering, cluster_failures, embed_pairs, nearest, unit
+from datagen.counterexamples.clusters import Cluster, Clustering, cluster_failures, nearest, unit
 from datagen.counterexamples.config import InputConfig
 from datagen.counterexamples.failures import read_failures, read_train
+from datagen.counterexamples.signals import component_texts, embed_failures
 from datagen.embeddings import encode, load_encoder
 from datagen.errors import DatagenError
 
 PLAN_CACHE_SIZE = 4
+EXCERPT_CHARS = 300
+K_RULE = "smallest k whose silhouette (mean over k_seeds k-means seeds) is within k_tolerance of the best"
+
+
+def load_failures(config: InputConfig) -> pl.DataFrame:
+    """The input section's failures file, read and checked (see failures.read_failures)."""
+    return read_failures(config.failures, config.text_column, config.severity_column, config.severity_required, config.kind)
+
+
+def _excerpt(text: str | None) -> str | None:
+    if text is None:
+        return None
+    text = text.strip()
+    return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
+
+
+def tag_agreement(assignment: list[int], tags: list[str | None]) -> dict[str, Any] | None:
+    """Purity of the clusters against a `tag` column (share of tagged failures whose cluster's most
+    common tag is theirs) and the confusion table (cluster -> tag -> count); None without tags."""
+    pairs = [(c, t) for c, t in zip(assignment, tags) if t is not None]
+    if not pairs:
+        return None
+    confusion: dict[int, Counter] = {}
+    for c, t in pairs:
+        confusion.setdefault(c, Counter())[t] += 1
+    majority = sum(counts.most_common(1)[0][1] for counts in confusion.values())
+    return {
+        "tagged": len(pairs),
+        "purity": round(majority / len(pairs), 4),
+        "confusion": {int(c): dict(sorted(counts.items())) for c, counts in sorted(confusion.items())},
+    }
 
 
 @dataclass
@@ -32,6 +64,8 @@ class ClusterPlan:
     corrections: list[int]  # failure rows re-solved (each has an `expected`), most central first
     pool: list[int]  # failure rows the counterexample prompts draw their seeds from
     neighbours: list[int]  # training rows nearest the cluster, nearest first
+    kind: str = "math"  # the most common kind of its members: code clusters get the code templates
+    not_corrected: dict[str, int] = field(default_factory=dict)  # why members were not asked again -> count
 
     @property
     def new_problems(self) -> int:
@@ -46,16 +80,21 @@ class Plan:
     train: pl.DataFrame | None
     clustering: Clustering
     clusters: list[ClusterPlan]
+    weights: dict[str, float] = field(default_factory=dict)  # what the failures were embedded as
 
-    def report(self) -> dict[str, Any]:
-        ids = self.failures["failure_id"].to_list()
-        tags = self.failures["tag"].to_list()
+    def report(self, details: bool = False) -> dict[str, Any]:
+        """The plan as plain data (what `--plan --json` prints and the stage summary holds). With
+        `details`, each cluster also lists its member ids, its central failures' text and its
+        nearest training examples' text."""
+        f = self.failures
+        ids, tags = f["failure_id"].to_list(), f["tag"].to_list()
         clusters = []
         for p in self.clusters:
             c = p.cluster
             entry: dict[str, Any] = {
                 "id": c.id,
                 "label": c.label,
+                "kind": p.kind,
                 "terms": c.terms,
                 "size": c.size,
                 "severity": round(p.severity, 4),
@@ -64,19 +103,44 @@ class Plan:
                 "corrections": len(p.corrections),
                 "new_problems": p.new_problems,
                 "central": [ids[i] for i in c.members[: self.config.seeds_per_cluster]],
+                "corrected_failure_ids": [ids[i] for i in p.corrections],
             }
+            if p.not_corrected:
+                entry["not_corrected"] = dict(sorted(p.not_corrected.items()))
             counted = Counter(tags[i] for i in c.members if tags[i] is not None)
             if counted:
                 entry["tags"] = dict(counted.most_common())
+            if details:
+                entry["member_ids"] = [ids[i] for i in c.members]
+                entry["central_examples"] = [
+                    {"id": ids[i], "prompt": _excerpt(f["prompt"][int(i)]), "output": _excerpt(f["output"][int(i)]), "expected": _excerpt(f["expected"][int(i)])}
+                    for i in c.members[: self.config.seeds_per_cluster]
+                ]
+                train = self.train
+                entry["nearest_training_examples"] = (
+                    [{"id": train["train_id"][i], "prompt": _excerpt(train["prompt"][i])} for i in p.neighbours] if train is not None else []
+                )
             clusters.append(entry)
-        return {
-            "failures": self.failures.height,
+        report: dict[str, Any] = {
+            "failures": f.height,
+            "kinds": dict(sorted(Counter(f["kind"].to_list()).items())),
             "budget": self.budget,
             "k": len(self.clusters),
-            "k_chosen_by": "given" if self.config.k is not None else "silhouette",
+            "k_chosen_by": "given" if self.config.k is not None else K_RULE,
+            "k_seeds": self.config.k_seeds,
+            "k_tolerance": self.config.k_tolerance,
             "silhouette": self.clustering.silhouettes,
+            "silhouette_spread": self.clustering.spread,
+            "embedding_weights": self.weights,
+            "train": str(self.config.train) if self.config.train is not None else None,
             "clusters": clusters,
+            # Eval prompts asked again for corrections: remove them from the held-out eval.
+            "corrected_failure_ids": [ids[i] for p in self.clusters for i in p.corrections],
         }
+        agreement = tag_agreement(self.clustering.assignment.tolist(), tags)
+        if agreement is not None:
+            report["tag_agreement"] = agreement
+        return report
 
 
 def _correction_rows(cluster: Cluster, expected: list[str | None], budget: int, share: float, enabled: bool) -> list[int]:
@@ -87,20 +151,62 @@ def _correction_rows(cluster: Cluster, expected: list[str | None], budget: int, 
     return verifiable[: min(wanted, len(verifiable))]
 
 
+def _code_correction_rows(cluster: Cluster, failures: pl.DataFrame, budget: int, share: float, checker) -> tuple[list[int], dict[str, int]]:
+    """Code failures asked again: only those with `tests` that their failing output fails and their
+    expected code (where given) passes, checked in the sandbox now, most central first. A failing
+    output that passes its tests would make a "fix" that is no fix; an expected that fails them,
+    tests that cannot tell right from wrong. Returns (rows, why others were skipped -> count)."""
+    wanted = math.floor(budget * share + 0.5)
+    rows: list[int] = []
+    skipped: Counter = Counter()
+    tests, outputs, expected = failures["tests"].to_list(), failures["output"].to_list(), failures["expected"].to_list()
+    for i in (int(i) for i in cluster.members):
+        if len(rows) >= wanted:
+            break
+        if checker is None:
+            skipped["no_code_correction_template"] += 1
+            continue
+        if tests[i] is None:
+            skipped["no_tests"] += 1
+            continue
+        if expected[i] is not None and not checker.check({"completion": expected[i], "tests": tests[i]}).keep:
+            skipped["expected_fails_tests"] += 1
+            continue
+        if checker.check({"completion": outputs[i], "tests": tests[i]}).keep:
+            skipped["output_passes_tests"] += 1
+            continue
+        rows.append(i)
+    return rows, dict(skipped)
+
+
 def make_plan(config: InputConfig, budget: int, seed: int) -> Plan:
-    failures = read_failures(config.failures, config.text_column, config.severity_column, config.severity_required)
+    """Read, embed, cluster, allocate: the whole plan, without generating anything.
+
+    Raises DatagenError (naming the file and column) for a bad failures or training file, a k
+    larger than the failures, or all-zero severities."""
+    failures = load_failures(config)
     if config.k is not None and config.k > failures.height:
         raise DatagenError(f"k ({config.k}) is larger than the number of failures ({failures.height})", config.failures, "input.k")
     encoder = load_encoder(config.embedding_model)
-    prompts, outputs = failures["prompt"].to_list(), failures["output"].to_list()
-    prompt_vectors, joint = embed_pairs(encoder, prompts, outputs)
-    texts = [f"{p}\n{o}" for p, o in zip(prompts, outputs)]
-    clustering = cluster_failures(joint, texts, k=config.k, k_range=config.k_range, seed=seed)
+    prompts, outputs, expected = failures["prompt"].to_list(), failures["output"].to_list(), failures["expected"].to_list()
+    kinds = failures["kind"].to_list()
+    code = kinds.count("code") * 2 > len(kinds)
+    weights = config.weights(code)
+    texts = component_texts(prompts, outputs, expected)
+    try:
+        joint = embed_failures(encoder, texts, weights)
+    except ValueError as err:
+        raise DatagenError(str(err), config.failures, "input.embed") from None
+    prompt_vectors = embed_failures(encoder, texts, {"prompt": 1.0})
+    labels = [f"{texts['changed_tokens'][i] or ''}\n{p}\n{o}" if code else f"{p}\n{o}" for i, (p, o) in enumerate(zip(prompts, texts["output"]))]
+    clustering = cluster_failures(
+        joint, labels, k=config.k, k_range=config.k_range, seed=seed, n_seeds=config.k_seeds, tolerance=config.k_tolerance
+    )
 
     severity = failures["severity"].to_numpy()
-    weights = [float(severity[c.members].sum()) for c in clustering.clusters]
+    severity_weights = [float(severity[c.members].sum()) for c in clustering.clusters]
     try:
-        budgets = allocate(weights, budget)
+        budgets = allocate(severity_weights, budget)
     except ValueError as err:
         raise DatagenError(str(err), config.failures, config.severity_column) from None
 
@@ -109,26 +215,41 @@ def make_plan(config: InputConfig, budget: int, seed: int) -> Plan:
         train = read_train(config.train, config.text_column)
         train_vectors = encode(encoder, train["prompt"].to_list(), 64)
 
-    expected = failures["expected"].to_list()
+    checker = None
+    if config.code_correction_template is not None and "code" in kinds and config.correction_share > 0:
+        from datagen.stages.verify import PythonTestsVerifier
+
+        try:
+            checker = PythonTestsVerifier()
+        except ValueError as err:  # no bubblewrap: code cannot be run safely
+            raise DatagenError(str(err), config.failures, "tests") from None
     plans = []
-    for cluster, weight, share in zip(clustering.clusters, weights, budgets):
+    for cluster, weight, share in zip(clustering.clusters, severity_weights, budgets):
         neighbours: list[int] = []
         if train_vectors is not None:
             centroid = unit(prompt_vectors[cluster.members].mean(axis=0))
             neighbours = [int(i) for i in nearest(train_vectors, centroid, config.neighbours)]
         pool_size = max(config.seeds_per_cluster, math.ceil(cluster.size / 2))
+        kind = Counter(kinds[i] for i in cluster.members).most_common(1)[0][0]
+        skipped: dict[str, int] = {}
+        if kind == "code":
+            corrections, skipped = _code_correction_rows(cluster, failures, share, config.correction_share, checker)
+        else:
+            corrections = _correction_rows(cluster, expected, share, config.correction_share, config.correction_template is not None)
         plans.append(
             ClusterPlan(
                 cluster=cluster,
                 severity=weight / cluster.size,
                 weight=weight,
                 budget=share,
-                corrections=_correction_rows(cluster, expected, share, config.correction_share, config.correction_template is not None),
+                corrections=corrections,
                 pool=[int(i) for i in cluster.members[:pool_size]],
                 neighbours=neighbours,
+                kind=kind,
+                not_corrected=skipped,
             )
         )
-    return Plan(config, budget, failures, train, clustering, plans)
+    return Plan(config, budget, failures, train, clustering, plans, weights)
 
 
 def _digest(path: Path) -> str:
@@ -152,4 +273,4 @@ def plan_for(config: InputConfig, budget: int, seed: int) -> Plan:
     return _plans[key]
 
 
-__all__ = ["ClusterPlan", "Plan", "make_plan", "plan_for"]
+__all__ = ["ClusterPlan", "Plan", "load_failures", "make_plan", "plan_for", "tag_agreement"]

@@ -1,4 +1,12 @@
-"""Counterexamples: a generated practice problem, parsed, and kept only when it is new.
+"""Counterexamples: a generated practice problem, parsed, checked, and kept only when it is new.
+
+Code clusters (rows whose `kind` is code) ask for "Problem: ... Solution: ```python``` Tests:
+```python```" instead: the solution's code block and the tests' are parsed, and the solution must
+pass its own tests, run like the python_tests verifier runs a candidate (datagen.sandbox: the
+tests evaluated by datagen, the solution's calls in the bubblewrap sandbox). `<label>_tests` holds
+the tests, `<label>_tests_passed` whether they passed (null for other kinds), `<label>_detail`
+why not; drop reasons are the verifier's (`tests_failed`, `no_tests` where the tests block is
+missing or empty, `verifier_error` for tests outside the supported format, `timeout`, ...).
 
 The counterexample template asks for "Problem: ... Solution: ... Answer: \\boxed{...}". This stage
 splits each completion into `<label>_problem`, `<label>_solution` (the worked solution with its
@@ -25,12 +33,15 @@ from pydantic import Field, PrivateAttr
 
 from datagen.answers import final_answer
 from datagen.counterexamples.config import InputConfig
+from datagen.counterexamples.signals import FENCE
 from datagen.stages.base import FittedVerdicts, RunStep, StageConfigBase
 from datagen.stages.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
 
 BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
 # "Problem:", "**Solution:**", "### Answer:", "Problem 1:" at the start of a line.
 SECTION = re.compile(r"^[ \t>#*_-]*(problem|solution|answer)(?:[ \t]+\d+)?[ \t*_]*:[ \t*_]*", re.I | re.M)
+CODE_SECTION = re.compile(r"^[ \t>#*_-]*(problem|solution|tests?|unit tests)(?:[ \t]+\d+)?[ \t*_]*:[ \t*_]*", re.I | re.M)
+CODE_PLACEHOLDERS = ("<the new task", "<the function>", "<function call>")
 PLACEHOLDERS = ("<the new problem>", "<the correct step-by-step solution>", "<the final answer only>")
 
 
@@ -92,10 +103,11 @@ class CounterexampleStage(RunStep):
     def _references(self) -> tuple[Deduplicator, list[str], int]:
         """A deduplicator holding every failure prompt and training prompt, their ids, and how many are failures."""
         if self._reference is None:
-            from datagen.counterexamples.failures import read_failures, read_train
+            from datagen.counterexamples.failures import read_train
+            from datagen.counterexamples.plan import load_failures
 
             source = self.config._input
-            failures = read_failures(source.failures, source.text_column, source.severity_column, source.severity_required)
+            failures = load_failures(source)
             texts, ids = [failures["prompt"]], failures["failure_id"].to_list()
             if source.train is not None:
                 train = read_train(source.train, source.text_column)
@@ -106,9 +118,38 @@ class CounterexampleStage(RunStep):
             self._reference = (Deduplicator(settings, pl.concat(texts)), ids, failures.height)
         return self._reference
 
+    def _run_tests(self, parsed: list[dict[str, Any]], code_rows: list[int]) -> dict[int, Any]:
+        """Each parsed code counterexample's solution against its own tests, in the sandbox."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from datagen.stages.verify import PythonTestsVerifier, usable_cores
+
+        todo = [i for i in code_rows if parsed[i]["reason"] is None]
+        if not todo:
+            return {}
+        checker = PythonTestsVerifier()
+        with ThreadPoolExecutor(max_workers=min(len(todo), usable_cores())) as pool:
+            verdicts = pool.map(lambda i: checker.check({"completion": parsed[i]["solution"], "tests": parsed[i]["tests"]}), todo)
+            return dict(zip(todo, verdicts))
+
     def _decide(self, frame: pl.DataFrame) -> pl.DataFrame:
         c, label = self.config, self.label
-        parsed = [parse_counterexample(text, c.require_box, c.min_problem_words) for text in frame["completion"].to_list()]
+        completions = frame["completion"].to_list()
+        kinds = frame["kind"].to_list() if "kind" in frame.columns else [None] * frame.height
+        code_rows = [i for i, k in enumerate(kinds) if k == "code"]
+        parsed = [
+            parse_code_counterexample(text, c.min_problem_words) if kind == "code" else parse_counterexample(text, c.require_box, c.min_problem_words)
+            for text, kind in zip(completions, kinds)
+        ]
+        passed: list[bool | None] = [None] * len(parsed)
+        details: list[str | None] = [None] * len(parsed)
+        for i, verdict in self._run_tests(parsed, code_rows).items():
+            passed[i], details[i] = verdict.keep, verdict.detail
+            if not verdict.keep:
+                parsed[i]["reason"] = verdict.reason
+        for i in code_rows:
+            if passed[i] is None:
+                passed[i] = False if parsed[i]["tests"] else None
         reasons: list[str | None] = [p["reason"] for p in parsed]
         matches: list[str | None] = [None] * len(parsed)
         ok = [i for i, p in enumerate(parsed) if p["reason"] is None]
@@ -130,14 +171,17 @@ class CounterexampleStage(RunStep):
                 f"{label}_reason": pl.Series(reasons, dtype=pl.String),
                 f"{label}_problem": pl.Series([p["problem"] for p in parsed], dtype=pl.String),
                 f"{label}_solution": pl.Series([p["solution"] for p in parsed], dtype=pl.String),
-                f"{label}_answer": pl.Series([p["answer"] for p in parsed], dtype=pl.String),
+                f"{label}_answer": pl.Series([p.get("answer") for p in parsed], dtype=pl.String),
+                f"{label}_tests": pl.Series([p.get("tests") for p in parsed], dtype=pl.String),
+                f"{label}_tests_passed": pl.Series(passed, dtype=pl.Boolean),
+                f"{label}_detail": pl.Series(details, dtype=pl.String),
                 f"{label}_match": pl.Series(matches, dtype=pl.String),
             }
         )
 
     def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
         # Duplicates are global: every verdict is decided once over all alive rows, in run order.
-        frames = [frame.select("candidate_id", "completion") for frame in shards()]
+        frames = [frame.select("candidate_id", "completion", *(["kind"] if "kind" in frame.columns else [])) for frame in shards()]
         self._verdicts = FittedVerdicts(self._decide(pl.concat(frames))) if frames else None
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
@@ -150,18 +194,6 @@ class CounterexampleStage(RunStep):
         from datagen.counterexamples.plan import plan_for
 
         report = plan_for(self.config._input, self.config._budget, self.config._seed).report()
-        counts = (
-            outputs.group_by("cluster_id")
-            .agg(
-                candidates=pl.len(),
-                kept=(pl.col("keep") & (pl.col("role") == "counterexample")).sum(),
-                kept_corrections=(pl.col("keep") & (pl.col("role") == "correction")).sum(),
-            )
-            .collect()
-        )
-        by_cluster = {row["cluster_id"]: row for row in counts.iter_rows(named=True)}
-        for cluster in report["clusters"]:
-            row = by_cluster.get(cluster["id"], {})
-            for name in ("candidates", "kept", "kept_corrections"):
-                cluster[name] = int(row.get(name) or 0)
-        return report
+        from datagen.counterexamples.funnel import add_cluster_funnel
+
+        return add_cluster_funnel(report, outputs)
