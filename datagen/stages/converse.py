@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import jinja2
 import polars as pl
-from pydantic import Field, PrivateAttr, model_validator
+from pydantic import Field, model_validator
 
 from datagen.backends import ChatRequest, make_backend
 from datagen.backends.stage_model import StageModel
@@ -44,17 +44,20 @@ class ConverseConfig(StageConfigBase):
     user_system: str = Field(DEFAULT_USER_SYSTEM, description="the simulated user's instructions: Jinja over the row's columns and slots")
     sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(max_tokens=128))
     backend: BackendConfig | None = Field(None, description="the model for both roles; the generator's when unset")
-    _compiled: jinja2.Template | None = PrivateAttr(None)
 
     @model_validator(mode="after")
     def _compile(self) -> "ConverseConfig":
         if self.sampling.n != 1:
             raise ValueError("sampling.n: must be 1 (one message per turn)")
+        self.compiled()  # syntax errors now, before any model starts
+        return self
+
+    def compiled(self) -> jinja2.Template:
+        """`user_system` compiled in the templates' sandbox (where used: compiled templates do not pickle)."""
         try:
-            self._compiled = _environment().from_string(self.user_system)
+            return _environment().from_string(self.user_system)
         except jinja2.TemplateSyntaxError as err:
             raise ValueError(f"user_system: Jinja syntax error on line {err.lineno}: {err.message}") from None
-        return self
 
     def reads(self) -> set[str]:
         return super().reads() | (_undeclared(_environment().parse(self.user_system)) - {SLOTS_VARIABLE})
@@ -70,11 +73,11 @@ class ConverseConfig(StageConfigBase):
 
 
 def _user_systems(config: ConverseConfig, rows: list[dict[str, Any]]) -> list[Rendered]:
-    out = []
+    out, compiled = [], config.compiled()
     for row in rows:
         slots = json.loads(row.get("slots") or "{}")
         try:
-            text = config._compiled.render(**(slots | {k: v for k, v in row.items() if not k.startswith("_")} | {SLOTS_VARIABLE: slots})).strip()
+            text = compiled.render(**(slots | {k: v for k, v in row.items() if not k.startswith("_")} | {SLOTS_VARIABLE: slots})).strip()
             out.append(Rendered([{"role": "system", "content": text[:MAX_RENDERED_CHARS]}], None))
         except (jinja2.TemplateError, TypeError, ValueError, ArithmeticError, RecursionError) as err:
             out.append(Rendered(None, f"user_system: {type(err).__name__}: {err}"))

@@ -147,7 +147,6 @@ class LlmConfig(StageConfigBase):
         None,
         description="one column -> values: one request per value for every row (the value is a prompt variable and the child's column), e.g. {tone: [formal, playful, concise]}",
     )
-    _compiled: dict[str, jinja2.Template] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _one_varied_column(self) -> "LlmConfig":
@@ -165,19 +164,25 @@ class LlmConfig(StageConfigBase):
 
     @model_validator(mode="after")
     def _compile(self) -> "LlmConfig":
-        env = _environment()
+        self.compiled()  # syntax errors now, before any model starts
+        clash = set(self.parser.columns() if self.parser else []) & {"completion", "messages", "candidate_id", "keep"}
+        if clash:
+            raise ValueError(f"parser: would overwrite the column {sorted(clash)[0]!r}")
+        return self
+
+    def compiled(self) -> dict[str, jinja2.Template]:
+        """The prompts compiled in the templates' sandbox (compiled where used: compiled templates
+        do not pickle, and a Ray worker gets the config)."""
+        env, out = _environment(), {}
         for field in ("system", "user"):
             text = getattr(self, field)
             if text is None:
                 continue
             try:
-                self._compiled[field] = env.from_string(text)
+                out[field] = env.from_string(text)
             except jinja2.TemplateSyntaxError as err:
                 raise ValueError(f"{field}: Jinja syntax error on line {err.lineno}: {err.message}") from None
-        clash = set(self.parser.columns() if self.parser else []) & {"completion", "messages", "candidate_id", "keep"}
-        if clash:
-            raise ValueError(f"parser: would overwrite the column {sorted(clash)[0]!r}")
-        return self
+        return out
 
     def views(self) -> dict[str, str]:
         return {}
@@ -210,7 +215,7 @@ class Rendered:
 def render_requests(config: LlmConfig, rows: list[dict[str, Any]]) -> list[Rendered]:
     """Each (row, variant)'s messages, row by row, or why it cannot render (an undefined column,
     a sandbox refusal)."""
-    out = []
+    out, compiled = [], config.compiled()
     for row, (column, value) in ((row, variant) for row in rows for variant in config.variants()):
         slots = json.loads(row.get("slots") or "{}")
         variables = slots | {k: v for k, v in row.items() if not k.startswith("_")} | {SLOTS_VARIABLE: slots}
@@ -218,7 +223,7 @@ def render_requests(config: LlmConfig, rows: list[dict[str, Any]]) -> list[Rende
             variables[column] = value
         messages, error = [], None
         for role in ("system", "user"):
-            template = config._compiled.get(role)
+            template = compiled.get(role)
             if template is None:
                 continue
             try:
