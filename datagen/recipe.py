@@ -10,13 +10,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import polars as pl
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from datagen.builders.config import PairsConfig
 from datagen.counterexamples.config import InputConfig
 from datagen.credentials import find_secret, secret_message
 from datagen.errors import DatagenError, from_validation_error
-from datagen.generate import RESERVED_COLUMNS
+from datagen.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.schema import BackendConfig, StrictModel
 from datagen.stages import StageConfig
@@ -362,5 +363,9 @@ def check_columns(recipe: Recipe, templates: dict[str, Template], path: Path) ->
             raise DatagenError(
                 f"step {stage.label!r} reads the column {missing[0]!r}, which no earlier step writes", path, f"stages.{i}"
             )
+        for name, source in stage.views().items():  # a text the step reads must be a text column
+            dtype = CANDIDATE_SCHEMA.get(source)
+            if source != name and dtype is not None and dtype != pl.String:
+                raise DatagenError(f"step {stage.label!r} reads the column {source!r} as text, but it holds {dtype}", path, f"stages.{i}")
         available |= stage.writes()
         labels.append(stage.label)

@@ -289,3 +289,10 @@ def test_converse_extends_each_row_to_k_user_assistant_pairs_each_turn_its_own_s
     run_pipeline(load_recipe(path), tmp_path / "again", progress=False)
     again = pl.read_parquet(sorted((tmp_path / "again" / "data").glob("*.parquet")))
     assert again.sort("candidate_id")["messages"].to_list() == rows.sort("candidate_id")["messages"].to_list()
+
+
+def test_a_filter_told_to_read_a_column_that_is_not_text_is_refused(tmp_path):
+    path = chain_recipe(tmp_path)
+    result = datagen_cli("validate", path, "--set", "stages.1.column=lineage")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "stages.1" in result.stderr and "'lineage'" in result.stderr and "as text" in result.stderr
