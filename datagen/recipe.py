@@ -241,7 +241,7 @@ def apply_override(data: dict, path: list[str], value: Any, origin: str) -> list
         elif isinstance(node, dict):
             part_key = part
         else:
-            raise DatagenError(f"{'.'.join(path[:i]) or 'top level'} is not a mapping or list", origin)
+            raise DatagenError(f"{'.'.join(path[:i]) or 'top level'} is not a mapping", origin)
         resolved.append(str(part_key))
         if last:
             node[part_key] = value

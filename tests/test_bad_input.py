@@ -144,7 +144,7 @@ CASES = [
     Case("min_above_max_tokens", "{recipe}: backend.sampling: min_tokens (100) is larger than max_tokens (10)", recipe={"backend": {"kind": "scripted", "sampling": {"min_tokens": 100, "max_tokens": 10}}}),
     Case("unknown_backend", "{recipe}: backend.kind: Input should be 'vllm', 'scripted' or 'openai'", recipe={"backend": {"kind": "tgi-magic"}}),
     Case("unknown_stage", "{recipe}: stages[0]: |does not match any of the expected tags", recipe={"stages": [{"stage": "sparkle"}]}),
-    Case("unknown_stage_field", "{recipe}: stages[0].length.min_charz: unknown field", recipe={"stages": [{"stage": "length", "min_charz": 3}]}, exact=True),
+    Case("unknown_stage_field", "{recipe}: stages[0].length.min_charz: unknown field; did you mean 'min_chars'?", recipe={"stages": [{"stage": "length", "min_charz": 3}]}, exact=True),
     Case("label_clash", "{recipe}: stages: |would overwrite the column 'finish_reason'", recipe={"stages": [{"stage": "length", "name": "finish"}]}),
     Case("duplicate_label", "{recipe}: stages: |two stages are labelled 'length'", recipe={"stages": [{"stage": "length"}, {"stage": "length"}]}),
     Case("stage_templates", "{recipe}: |stages[0].templates: 'nope' is not one of", recipe={"stages": [{"stage": "length", "templates": ["nope"]}]}),
@@ -172,7 +172,7 @@ CASES = [
     Case("reference_not_utf8", "{root}/data/evals.jsonl: cannot read the reference file: |UTF-8", recipe=ref_latin1, setup=ref_latin1_setup),
     Case("reference_giant_broken_line", "{root}/data/evals.jsonl: cannot read the reference file", recipe=ref_giant, setup=ref_giant_setup),
     # --- the output directory --------------------------------------------------------------
-    Case("out_holds_another_run", "{out}: holds a run of a different recipe (or changed templates); use --force to replace it, or another --out", command="run", setup=finished_run_of_another_recipe, exact=True),
+    Case("out_holds_another_run", "{out}: holds a run of a different recipe (seed: 99 -> 7); use --force to replace it, or another --out", command="run", setup=finished_run_of_another_recipe, exact=True),
     Case("out_holds_foreign_files", "{out}: output directory is not empty and holds no datagen run; choose another --out", command="run", setup=lambda root: (root / "out").mkdir() or (root / "out" / "notes.txt").write_text("mine"), exact=True),
     Case("out_is_a_file", "{out}: output path exists and is not a directory", command="run", setup=lambda root: (root / "out").write_text("x"), exact=True),
     Case("out_run_dir_is_a_file", "{out}: output directory is not empty and holds no datagen run; choose another --out", command="run", exact=True, setup=lambda root: (root / "out").mkdir() or (root / "out" / "run").write_text("x")),
