@@ -100,15 +100,14 @@ def embed_failures(encoder, texts: dict[str, list[str | None]], weights: dict[st
     for component in used:
         column = texts[component]
         present = [i for i, t in enumerate(column) if t and t.strip()]
-        vectors = None
-        if present:
-            found = encode(encoder, [column[i] for i in present], batch_size)
-            vectors = np.zeros((len(column), found.shape[1]), dtype=np.float32)
-            vectors[present] = found
-        else:
-            dim = encoder.get_sentence_embedding_dimension()
-            vectors = np.zeros((len(column), dim), dtype=np.float32)
+        if not present:  # an all-zero block would change no cosine
+            continue
+        found = encode(encoder, [column[i] for i in present], batch_size)
+        vectors = np.zeros((len(column), found.shape[1]), dtype=np.float32)
+        vectors[present] = found
         blocks.append(vectors * np.float32(weights[component]))
+    if not blocks:
+        return np.zeros((len(texts[used[0]]), 1), dtype=np.float32)
     joint = np.hstack(blocks)
     norms = np.linalg.norm(joint, axis=1, keepdims=True)
     return joint / np.where(norms == 0, 1, norms)

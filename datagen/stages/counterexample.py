@@ -62,7 +62,7 @@ class CounterexampleConfig(StageConfigBase):
             raise ValueError(f"stages: the {self.label!r} stage needs the recipe's input section (the failures it checks against)")
         self._input, self._budget, self._seed = input, budget or 0, seed
         if self.templates is None:
-            self.templates = [input.counterexample_template]
+            self.templates = [t for t in (input.counterexample_template, input.code_counterexample_template) if t]
 
     def input_files(self):
         return self._input.files() if self._input is not None else []
@@ -90,6 +90,33 @@ def parse_counterexample(text: str | None, require_box: bool = True, min_words: 
         return parsed
     answer, shown, _ = final_answer(solution, require_box)
     parsed.update(problem=problem, solution=solution, answer=shown, reason=None if answer is not None else NO_ANSWER)
+    return parsed
+
+
+def _section(text: str, marks: list[re.Match], name: str) -> str | None:
+    for i, m in enumerate(marks):
+        if m.group(1).lower().rstrip("s").endswith(name):
+            end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+            return text[m.end() : end].strip()
+    return None
+
+
+def parse_code_counterexample(text: str | None, min_words: int = 1) -> dict[str, Any]:
+    """problem, solution (its code, fenced), tests (their code) and reason (bad_format, no_tests, or
+    None when the format is fine). A section's code is its first fenced block, else its text."""
+    parsed: dict[str, Any] = {"problem": None, "solution": None, "tests": None, "reason": BAD_FORMAT}
+    text = text or ""
+    marks = list(CODE_SECTION.finditer(text))
+    problem, solution, tests = (_section(text, marks, name) for name in ("problem", "solution", "test"))
+    if not problem or not solution or len(problem.split()) < min_words:
+        return parsed
+    if any(p in text.lower() for p in CODE_PLACEHOLDERS):
+        return parsed
+    blocks = [body.strip() for _, body in FENCE.findall(solution) if body.strip()]
+    code = blocks[0] if blocks else solution
+    test_blocks = [body.strip() for _, body in FENCE.findall(tests or "") if body.strip()]
+    test_code = test_blocks[0] if test_blocks else (tests or "").strip()
+    parsed.update(problem=problem, solution=f"```python\n{code}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
     return parsed
 
 
