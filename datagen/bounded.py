@@ -2,10 +2,11 @@
 memory limit, so that a hostile template cannot hang or exhaust the machine.
 
 `run_bounded(fn, seconds, memory_bytes)` forks; the child sets RLIMIT_AS to its current size plus
-`memory_bytes` and an interval timer of `seconds` (raising `TimeLimit` in the child's Python
-code), runs `fn` and sends back its result (pickled) or the DatagenError it raised. The parent
-waits at most `seconds` plus a grace period, then kills the child (a C call that ignores the
-timer). Forking keeps `fn` a plain closure: nothing needs to be importable or picklable but the
+`memory_bytes` and a CPU-time timer of `seconds` (ITIMER_PROF, raising `TimeLimit` in the
+child's Python code), runs `fn` and sends back its result (pickled) or the DatagenError it raised.
+CPU time rather than wall time, so that a busy machine does not fail a template that is merely
+slow to get scheduled. The parent waits at most WALL_FACTOR x `seconds` plus a grace period of
+wall time, then kills the child (a C call that ignores the timer, or a child starved of CPU). Forking keeps `fn` a plain closure: nothing needs to be importable or picklable but the
 result. Where fork is unavailable, `fn` runs in this process without bounds.
 """
 
@@ -22,6 +23,7 @@ from typing import Any, Callable
 from datagen.errors import DatagenError
 
 GRACE_S = 2.0
+WALL_FACTOR = 4  # wall seconds allowed per CPU second before the parent kills the child
 
 
 class TimeLimit(BaseException):
@@ -53,8 +55,8 @@ def _child(fn: Callable[[], Any], seconds: float, memory_bytes: int, write_fd: i
         limit = _address_space() + memory_bytes
         limit = min([limit] + [bound for bound in (soft, hard) if bound != resource.RLIM_INFINITY])
         resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
-        signal.signal(signal.SIGALRM, _on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
+        signal.signal(signal.SIGPROF, _on_alarm)
+        signal.setitimer(signal.ITIMER_PROF, seconds)
         try:
             result: tuple = ("ok", fn())
         except DatagenError as err:
@@ -63,7 +65,7 @@ def _child(fn: Callable[[], Any], seconds: float, memory_bytes: int, write_fd: i
             result = ("exceeded", "time")
         except MemoryError:
             result = ("exceeded", "memory")
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.setitimer(signal.ITIMER_PROF, 0)
         try:
             data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except MemoryError:
@@ -79,7 +81,8 @@ def _child(fn: Callable[[], Any], seconds: float, memory_bytes: int, write_fd: i
 
 def run_bounded(fn: Callable[[], Any], seconds: float, memory_bytes: int) -> Any:
     """fn() computed in a child process; raises the child's DatagenError, or Exceeded("time" |
-    "memory") when it ran past `seconds` or needed more than `memory_bytes` more memory."""
+    "memory") when it used more than `seconds` of CPU time (or WALL_FACTOR x `seconds` + GRACE_S of
+    wall time) or needed more than `memory_bytes` more memory."""
     if not hasattr(os, "fork") or not sys.platform.startswith("linux"):
         return fn()
     read_fd, write_fd = os.pipe()
@@ -91,7 +94,7 @@ def run_bounded(fn: Callable[[], Any], seconds: float, memory_bytes: int) -> Any
         _child(fn, seconds, memory_bytes, write_fd)
     os.close(write_fd)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds + GRACE_S
+    deadline = time.monotonic() + WALL_FACTOR * seconds + GRACE_S
     killed = False
     try:
         while True:

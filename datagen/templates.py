@@ -32,7 +32,7 @@ JINJA_FIELDS = ("system", "user", "reference", "tests")
 MAX_PRODUCT_LENGTH = 1_000_000
 MAX_POWER_BITS = 100_000
 # Bounds on a template's whole expansion (selection, `where`, rendering), which runs in a child
-# process (datagen.bounded): seconds = EXPAND_SECONDS + EXPAND_SECONDS_PER_PROMPT * prompts, memory
+# process (datagen.bounded): CPU seconds = EXPAND_SECONDS + EXPAND_SECONDS_PER_PROMPT * prompts, memory
 # beyond what datagen already uses, and characters per rendered field.
 EXPAND_SECONDS = 5.0
 EXPAND_SECONDS_PER_PROMPT = 0.001

@@ -119,7 +119,7 @@ ALIAS_BOMB = b"name: x\na: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" +
 HUGE_TEMPLATE = ("id: tiny\nuser: '{{ a }} {{ b }} {{ c }} {{ d }}'\nslots:\n" + "".join(
     f"  {name}: [{', '.join(f'{name}{j}' for j in range(470))}]\n" for name in "abcd"
 )).encode()
-BOUNDED_SECONDS = 30  # every case ends within this (the template time limit is 5 s)
+BOUNDED_SECONDS = 30  # every case ends within this (the template limit: 5 s of CPU, 22 s of wall time)
 BOUNDED_MEMORY = 4 << 30  # address space of the whole datagen process
 
 ref_missing_column, ref_missing_column_setup = dedup_reference("evals.jsonl", b'{"question": "What is 2+2?"}\n')
