@@ -98,10 +98,10 @@ def percent(value: float | None) -> str:
 
 def _stage_figures(kind: str, s: dict[str, Any]) -> str:
     if kind == "judge" and s["mode"] == "pointwise":
-        return f"mean score {s.get('score_mean')} over {s.get('judged')} judged (rubric {s.get('rubric')}), {s.get('errors')} unparsable"
+        return f"mean score {s.get('score_mean')} over {s.get('judged')} judged (rubric {s.get('rubric')}), {s.get('errors')} without a score (errors, {s.get('degenerate', 0)} degenerate)"
     if kind == "judge":
         return (f"{s.get('comparisons')} comparisons (rubric {s.get('rubric')}), consistent in both orders "
-                f"{percent(s.get('consistency_rate'))}, ties {s.get('ties')}, errors {s.get('errors')}")
+                f"{percent(s.get('consistency_rate'))}, ties {s.get('ties')}, errors {s.get('errors')} ({s.get('degenerate_verdicts', 0)} degenerate)")
     if kind == "verify":
         return f"pass rate {percent(s.get('keep_rate'))} of {s.get('verified')} rows; prompts with a pass {s.get('prompts_with_a_pass')}/{s.get('prompts')}"
     if kind == "vote":
