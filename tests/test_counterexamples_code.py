@@ -307,3 +307,49 @@ def test_cpu_default_run_on_code_failures(tmp_path):
         pairs = datasets.load_dataset(str(out / "pairs"), split="train")
         assert all(p["chosen"] != p["rejected"] for p in pairs)
         train_dpo(pairs, tmp_path / "dpo")
+
+
+# ---- the optional diagnosis step -------------------------------------------------------------
+
+DIAGNOSES = {
+    "api": ["Hallucinated API: calls a library function that does not exist.", "Hallucinated method: no such attribute in the module.",
+            "Uses a nonexistent library API."],
+    "off_by_one": ["Off-by-one error: the loop bound stops one short.", "Off-by-one in the range end.", "Loop bound off by one."],
+    "error_handling": ["Missing error handling for invalid input.", "No error handling: crashes on an empty or zero argument.",
+                       "Missing exception handling for bad input."],
+}
+
+
+class Diagnostician(ScriptedBackend):
+    """Stands in for a capable model: a one-line diagnosis of the failure's hidden kind, in varied words."""
+
+    def __init__(self):
+        super().__init__([])
+        self.kinds = {f["prompt"]: KINDS[f["id"]] for f in rows()}
+        self.seen: list[list[dict]] = []
+
+    def generate(self, requests, sampling):
+        out = []
+        for n, request in enumerate(requests):
+            self.seen.append(request.messages)
+            user = request.messages[-1]["content"]
+            prompt = user.split("Task:\n", 1)[1].split("\n\nThe model's answer:", 1)[0]
+            options = DIAGNOSES[self.kinds[prompt]]
+            function = prompt.split("`")[1].split("(")[0] if "`" in prompt else "the function"
+            line = f"{options[n % len(options)][:-1]} in {function}."
+            out.append(Generation([Completion(line + "\nMore detail.", "stop", 9)], 40))
+        return out
+
+
+def test_diagnoses_are_clustered_when_asked_for():
+    backend = Diagnostician()
+    # k given: three phrasings per kind are three sub-modes to the silhouette (it prefers k=7 here).
+    config = InputConfig(failures=str(CODE_FAILURES), k=3, diagnose={"backend": {"kind": "scripted"}})
+    plan = make_plan(config, 100, 3, diagnose_backend=lambda: backend)
+    report = plan.report(details=True)
+    assert len(backend.seen) == 40 and "A correct answer:" in backend.seen[0][-1]["content"]
+    assert report["embedding_weights"] == {"diagnosis": 1.0} and report["k"] == 3 and report["k_chosen_by"] == "given"
+    assert purity(report["clusters"]) == 1.0
+    by_kind = {Counter(KINDS[i] for i in c["member_ids"]).most_common(1)[0][0]: c["budget"] for c in report["clusters"]}
+    assert by_kind == {"api": 45, "off_by_one": 35, "error_handling": 20}
+    assert report["clusters"][0]["central_examples"][0]["diagnosis"].endswith(".")

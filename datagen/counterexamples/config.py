@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from datagen.counterexamples.diagnose import DiagnoseConfig
 from datagen.paths import ModelRef, RecipePath
 from datagen.schema import StrictModel
 
@@ -20,7 +21,8 @@ EXAMPLE_FAILURES, EXAMPLE_TRAIN = EXAMPLES / "failures.jsonl", EXAMPLES / "train
 # prompt (its topic would split one mode by topic). Other kinds: the question and the wrong answer.
 CODE_WEIGHTS = {"prompt": 0.0, "output": 0.3, "expected": 0.0, "changed_tokens": 1.0, "changed_lines": 0.5}
 TEXT_WEIGHTS = {"prompt": 1.0, "output": 1.0, "expected": 0.0, "changed_tokens": 0.0, "changed_lines": 0.0}
-EmbedComponent = Literal["prompt", "output", "expected", "changed_tokens", "changed_lines"]
+EmbedComponent = Literal["prompt", "output", "expected", "changed_tokens", "changed_lines", "diagnosis"]
+DIAGNOSIS_WEIGHTS = {"diagnosis": 1.0}
 
 
 def _same_file(a: str | Path | None, b: Path) -> bool:
@@ -44,7 +46,11 @@ class InputConfig(StrictModel):
     )
     embed: dict[EmbedComponent, float] | None = Field(
         None, description="weights of what a failure is embedded as (prompt, output, expected, changed_tokens, changed_lines); "
-        "default by kind: code weighs where output and expected differ, other kinds the prompt and output"
+        "default by kind: code weighs where output and expected differ, other kinds the prompt and output; diagnosis needs `diagnose`"
+    )
+    diagnose: DiagnoseConfig | None = Field(
+        None, description="a model writes a one-line diagnosis of each failure, and the diagnoses are clustered (weights: "
+        "diagnosis 1 unless embed is given)"
     )
     k_seeds: int = Field(5, ge=1, le=50, description="k-means seeds whose silhouettes are averaged for each k")
     k_tolerance: float = Field(
@@ -87,6 +93,12 @@ class InputConfig(StrictModel):
         return value
 
     @model_validator(mode="after")
+    def _diagnosis_needs_diagnose(self) -> "InputConfig":
+        if self.embed and self.embed.get("diagnosis", 0) > 0 and self.diagnose is None:
+            raise ValueError("embed.diagnosis: needs input.diagnose (the model that writes the diagnoses)")
+        return self
+
+    @model_validator(mode="after")
     def _example_train_only_for_example_failures(self) -> "InputConfig":
         # The recipe's example training set is not a user's: it never becomes their neighbours.
         if _same_file(self.train, EXAMPLE_TRAIN) and not _same_file(self.failures, EXAMPLE_FAILURES):
@@ -95,7 +107,11 @@ class InputConfig(StrictModel):
 
     def weights(self, code: bool) -> dict[str, float]:
         """The embedding weights for a file of code failures (code=True) or of other failures."""
-        return dict(self.embed) if self.embed is not None else dict(CODE_WEIGHTS if code else TEXT_WEIGHTS)
+        if self.embed is not None:
+            return dict(self.embed)
+        if self.diagnose is not None:
+            return dict(DIAGNOSIS_WEIGHTS)
+        return dict(CODE_WEIGHTS if code else TEXT_WEIGHTS)
 
     @field_validator("k_range")
     @classmethod

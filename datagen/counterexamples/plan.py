@@ -114,6 +114,7 @@ class Plan:
                 entry["member_ids"] = [ids[i] for i in c.members]
                 entry["central_examples"] = [
                     {"id": ids[i], "prompt": _excerpt(f["prompt"][int(i)]), "output": _excerpt(f["output"][int(i)]), "expected": _excerpt(f["expected"][int(i)])}
+                    | ({"diagnosis": f["diagnosis"][int(i)]} if "diagnosis" in f.columns else {})
                     for i in c.members[: self.config.seeds_per_cluster]
                 ]
                 train = self.train
@@ -179,7 +180,7 @@ def _code_correction_rows(cluster: Cluster, failures: pl.DataFrame, budget: int,
     return rows, dict(skipped)
 
 
-def make_plan(config: InputConfig, budget: int, seed: int) -> Plan:
+def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None) -> Plan:
     """Read, embed, cluster, allocate: the whole plan, without generating anything.
 
     Raises DatagenError (naming the file and column) for a bad failures or training file, a k
@@ -193,12 +194,21 @@ def make_plan(config: InputConfig, budget: int, seed: int) -> Plan:
     code = kinds.count("code") * 2 > len(kinds)
     weights = config.weights(code)
     texts = component_texts(prompts, outputs, expected)
+    texts["diagnosis"] = [None] * failures.height
+    if config.diagnose is not None:
+        from datagen.counterexamples.diagnose import diagnose
+
+        texts["diagnosis"] = diagnose(failures, config.diagnose, diagnose_backend)
+        failures = failures.with_columns(pl.Series("diagnosis", texts["diagnosis"], dtype=pl.String))
     try:
         joint = embed_failures(encoder, texts, weights)
     except ValueError as err:
         raise DatagenError(str(err), config.failures, "input.embed") from None
     prompt_vectors = embed_failures(encoder, texts, {"prompt": 1.0})
-    labels = [f"{texts['changed_tokens'][i] or ''}\n{p}\n{o}" if code else f"{p}\n{o}" for i, (p, o) in enumerate(zip(prompts, texts["output"]))]
+    labels = [
+        texts["diagnosis"][i] or (f"{texts['changed_tokens'][i] or ''}\n{p}\n{o}" if code else f"{p}\n{o}")
+        for i, (p, o) in enumerate(zip(prompts, texts["output"]))
+    ] if config.diagnose is None else [d or "" for d in texts["diagnosis"]]
     clustering = cluster_failures(
         joint, labels, k=config.k, k_range=config.k_range, seed=seed, n_seeds=config.k_seeds, tolerance=config.k_tolerance
     )

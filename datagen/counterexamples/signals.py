@@ -19,7 +19,7 @@ import numpy as np
 
 from datagen.embeddings import encode
 
-COMPONENTS = ("prompt", "output", "expected", "changed_tokens", "changed_lines")
+COMPONENTS = ("prompt", "output", "expected", "changed_tokens", "changed_lines", "diagnosis")
 # Any fenced block, also one opened mid-line ("Sure! ```python"), closed or cut off at the end.
 FENCE = re.compile(r"```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 TOKEN = re.compile(r"\w+|[^\w\s]")
