@@ -96,12 +96,13 @@ def overlap(text: str, source: str, n: int = PARROT_NGRAM) -> float:
     return sum(g in present for g in grams) / len(grams)
 
 
-def rationale_problem(rationale: str | None, candidates: list[str], code: str) -> str | None:
+def rationale_problem(rationale: str | None, candidates: list[str], code: str, prompt: str | None = None) -> str | None:
     """Why a judge's rationale cannot stand behind a score, or None when it can:
     - it loops (`is_repetitive`);
     - it quotes the request's fence markers (`response-<code>`), which no reading of the
       rubric needs: the small-model failure "the response-<code> is a reference to the response-<code>";
     - it copies a candidate: at least MAX_PARROT_SHARE of its 5-grams are the candidate's;
+    - it copies the prompt the same way (it restates the task instead of judging the answer);
     - it says nothing: no word at all.
     """
     text = rationale or ""
@@ -111,9 +112,13 @@ def rationale_problem(rationale: str | None, candidates: list[str], code: str) -
         return "rationale is a repetition loop"
     if code and code.lower() in text.lower():
         return "rationale repeats the request's fence markers instead of judging"
+    if len(ngrams(tokens(text), PARROT_NGRAM)) < 2:
+        return None
     for candidate in candidates:
-        if len(ngrams(tokens(text), PARROT_NGRAM)) >= 2 and overlap(text, candidate) >= MAX_PARROT_SHARE:
+        if overlap(text, candidate) >= MAX_PARROT_SHARE:
             return "rationale copies the response instead of judging it"
+    if prompt and overlap(text, prompt) >= MAX_PARROT_SHARE:
+        return "rationale copies the prompt instead of judging the response"
     return None
 
 

@@ -159,12 +159,14 @@ def judge_with(rationale_for) -> JudgeStage:
         (lambda code, candidate: f"The response-{code} is a reference to the prompt-{code}.", "fence markers"),
         (lambda code, candidate: LOOPING_RATIONALE_NO_CODE, "repetition loop"),
         (lambda code, candidate: candidate, "copies the response"),
+        (lambda code, candidate: "Tell me about bridges, their history and how engineers choose a design at a hard level.", "copies the prompt"),
         (lambda code, candidate: "", "says nothing"),
     ],
-    ids=["loops on the fence", "quotes the fence", "loops", "parrots the candidate", "empty"],
+    ids=["loops on the fence", "quotes the fence", "loops", "parrots the candidate", "parrots the prompt", "empty"],
 )
 def test_degenerate_rationales_are_judge_errors_never_scores(rationale_for, problem):
-    out = judge_with(rationale_for)(samples_frame({"p": [LONG_ANSWER]}))
+    asked = [{"role": "user", "content": "Tell me about bridges, their history and how engineers choose a design at a hard level."}]
+    out = judge_with(rationale_for)(samples_frame({"p": [LONG_ANSWER]}, messages=asked))
     row = out.to_dicts()[0]
     assert row["judge_score"] is None and row["judge_helpfulness"] is None, "no score from a degenerate verdict"
     assert problem in row["judge_error"]

@@ -244,10 +244,10 @@ class JudgeStage(Step):
             for i, key in enumerate(keys)
         ]
 
-    def _read(self, generation: Generation, candidates: list[str] | None = None, code: str = "") -> tuple[BaseModel | None, str | None]:
+    def _read(self, generation: Generation, candidates: list[str] | None = None, code: str = "", prompt: str | None = None) -> tuple[BaseModel | None, str | None]:
         verdict, error = self._parse(generation)
         if verdict is not None and candidates is not None:
-            problem = rationale_problem(getattr(verdict, "rationale", ""), candidates, code)
+            problem = rationale_problem(getattr(verdict, "rationale", ""), candidates, code, prompt)
             if problem is not None:
                 return None, f"degenerate verdict: {problem}"
         return verdict, error
@@ -304,7 +304,7 @@ class JudgeStage(Step):
         overall, rationales, errors, keeps, reasons = [], [], [], [], []
         for row, generation in zip(rows, self._ask(requests)):
             responses = [("response", row["completion"] or "")]
-            verdict, error = self._read(generation, [row["completion"] or ""], self._code(row, responses))
+            verdict, error = self._read(generation, [row["completion"] or ""], self._code(row, responses), render_conversation(row["messages"]))
             values = verdict.model_dump(by_alias=True) if verdict is not None else {}
             if verdict is None and generation.completions:  # the rationale stays visible beside its error
                 try:
@@ -359,9 +359,10 @@ class JudgeStage(Step):
         first_error: list[str | None] = [None] * len(rows)
         for k, (i, j) in enumerate(pairs):
             texts = [rows[i]["completion"] or "", rows[j]["completion"] or ""]
+            prompt = render_conversation(rows[i]["messages"])
             code_f = self._code(rows[i], [("response_a", texts[0]), ("response_b", texts[1])])
             code_b = self._code(rows[j], [("response_a", texts[1]), ("response_b", texts[0])])
-            (forward, error_f), (backward, error_b) = self._read(generations[2 * k], texts, code_f), self._read(generations[2 * k + 1], texts, code_b)
+            (forward, error_f), (backward, error_b) = self._read(generations[2 * k], texts, code_f, prompt), self._read(generations[2 * k + 1], texts, code_b, prompt)
             error = error_f or error_b
             if error is not None:
                 for me, other in ((i, j), (j, i)):
