@@ -18,7 +18,7 @@ import polars as pl
 
 from datagen import plots
 from datagen.run_dir import RUN_SUBDIR, atomic_write_bytes
-from datagen.trust import trust
+from datagen.trust import kept_errors, trust
 from datagen.run_view import explain_no_pair
 from datagen.run_view import RunView, card_funnel, key_figures, load_run, percent, summaries, summary_kind, text_of
 
@@ -166,6 +166,8 @@ def _funnel(view: RunView) -> str:
         bars.append((s["stage"], segments))
         share = "-" if generated or not s["rows_in"] else percent(s["kept"] / s["rows_in"])
         why = ", ".join(f"{r}: {c}" for r, c in sorted(s["dropped"].items())) or "-"
+        if kept_errors(s):  # alive, but an error is no pass
+            why += f"; {kept_errors(s)} kept with an error (on_error: keep)"
         table.append(
             f'<tr data-stage="{escape(s["stage"])}" data-rows-in="{s["rows_in"]}" data-kept="{s["kept"]}" data-dropped="{dropped}">'
             f'<td>{escape(s["stage"])}</td><td class="num">{s["rows_in"]}</td><td class="num">{s["kept"]}</td>'

@@ -94,6 +94,18 @@ def _revise(s: dict[str, Any]) -> list[Figure]:
     ]
 
 
+def kept_errors(stage: dict[str, Any]) -> int:
+    """Rows a stage recorded an error on but did not drop (a judge or revise step with on_error:
+    keep): they are alive, but never passed the step."""
+    summary = stage.get("summary")
+    if not isinstance(summary, dict) or not isinstance(summary.get("errors"), int) or not ("rubric" in summary or "constitution" in summary):
+        return 0
+    if summary.get("mode") == "pairwise":
+        return 0  # errors there count comparisons, not rows
+    dropped = stage["dropped"].get("judge_error", 0) + stage["dropped"].get("revise_error", 0)
+    return max(summary["errors"] - dropped, 0)
+
+
 def trust(stage_stats: list[dict[str, Any]], output: dict[str, Any] | None = None) -> list[tuple[str, list[Figure]]]:
     """[(step label, [(figure, value, warning or None), ...]), ...] for the generator, every judge
     and revise step, and the pairs written. `stage_stats` as datagen.executor.summarize returns it."""

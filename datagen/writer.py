@@ -14,7 +14,7 @@ import yaml
 
 from datagen.run_dir import atomic_write_bytes
 from datagen.run_view import explain_no_pair
-from datagen.trust import card_lines
+from datagen.trust import card_lines, kept_errors
 
 if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe
@@ -113,7 +113,9 @@ def dataset_card(
     for s in stage_stats:
         reasons = ", ".join(f"{r}: {c}" for r, c in sorted(s["dropped"].items())) or "-"
         dropped = sum(s["dropped"].values())
-        lines.append(f"| {s['stage']} | {s['rows_in']} | {s['kept']} | {dropped} | {reasons} |")
+        errors = kept_errors(s)
+        kept = f"{s['kept']} ({errors} with an error, not passed)" if errors else s["kept"]
+        lines.append(f"| {s['stage']} | {s['rows_in']} | {kept} | {dropped} | {reasons} |")
     templates_seen = sorted({t for s in stage_stats for t in s["by_template"]})
     if len(stage_stats) > 1 and templates_seen:
         lines += ["", "Kept / in per template and stage:", "",

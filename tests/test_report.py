@@ -410,6 +410,8 @@ def test_trust_flags_a_judge_giving_everyone_the_same_score_and_counts_degenerat
     assert rows[("parrot", "degenerate verdicts")] == ("yes", f"{parrot['degenerate']} of {parrot['judged']} ({parrot['degenerate'] / parrot['judged']:.1%})")
     assert rows[("generate", "cut off at max_tokens")][0] in ("yes", "no")
     card = (same_score_run / "README.md").read_text()
+    assert f"| parrot | {parrot['judged']} | {parrot['judged']} ({parrot['errors']} with an error, not passed) | 0 | - |" in card
+    assert f"{parrot['errors']} kept with an error (on_error: keep)" in html
     assert "## Trust" in card and "| judge | score spread |" in card and "**the judge gives (nearly) everyone the same score**" in card
     # a looping verdict is never shown as kept
     parrot_rows = pl.read_parquet(same_score_run / "run" / "stages" / "03_parrot" / "*.parquet").filter(pl.col("parrot_error").is_not_null())
