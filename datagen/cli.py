@@ -147,9 +147,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         from datagen.executor import run_pipeline
 
         result = run_pipeline(loaded, out, force=args.force, progress=progress)
+    from datagen.trust import kept_errors
+
     for s in result.stage_stats:
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(s["dropped"].items()))
-        print(f"{s['stage']:>12}: {s['rows_in']:>6} in -> {s['kept']:>6} kept" + (f"  ({reasons})" if reasons else ""))
+        errors = kept_errors(s)  # alive, but an error is no pass
+        print(f"{s['stage']:>12}: {s['rows_in']:>6} in -> {s['kept']:>6} kept" + (f", {errors} of them with an error" if errors else "")
+              + (f"  ({reasons})" if reasons else ""))
     if result.rows_written:
         print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
     else:

@@ -84,3 +84,19 @@ def test_a_rows_full_record_by_id_and_the_max_tokens_it_hit(dpo_run, capsys):
     assert f"  finished_max_tokens: 12" in text
     assert main(["inspect", str(dpo_run), "--id", "nope"]) == 2
     assert "no row with id 'nope'" in capsys.readouterr().err
+
+
+def test_the_run_summary_counts_rows_kept_with_an_error(tmp_path, capsys):
+    from helpers import TINY_TEMPLATE, write_yaml
+
+    write_yaml(tmp_path / "templates" / "tiny.yaml", TINY_TEMPLATE)
+    path = write_yaml(tmp_path / "pipelines" / "recipe.yaml", {
+        "name": "errors", "seed": 1, "templates": [{"name": "tiny", "count": 2}],
+        "backend": {"kind": "scripted", "responses": RESPONSES[:2], "sampling": {"n": 2, "max_tokens": 40}},
+        "stages": [{"stage": "judge", "rubric": "helpfulness", "backend": {"kind": "scripted", "responses": [VERDICTS[0], VERDICTS[2]]}}],
+    })
+    assert main(["run", str(path), "--out", str(tmp_path / "out"), "--progress", "none"]) == 0
+    judged = pl.read_parquet(tmp_path / "out" / "run" / "stages" / "01_judge" / "*.parquet")
+    errors = judged["judge_error"].is_not_null().sum()
+    assert 0 < errors < judged.height
+    assert f"judge:      4 in ->      4 kept, {errors} of them with an error" in capsys.readouterr().out
