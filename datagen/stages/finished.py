@@ -23,6 +23,9 @@ class FinishedConfig(StageConfigBase):
     drop_empty: bool = True
     drop_repetitive: bool = True
 
+    def writes(self) -> set[str]:
+        return super().writes() | {f"{self.label}_max_tokens"}
+
     def build(self) -> "FinishedStage":
         return FinishedStage(self)
 
