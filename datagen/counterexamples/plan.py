@@ -38,6 +38,11 @@ def _excerpt(text: str | None) -> str | None:
     return text if len(text) <= EXCERPT_CHARS else text[: EXCERPT_CHARS - 3] + "..."
 
 
+def _unmarked(diff: str | None) -> str:
+    """A difference's tokens without its wrong:/right: marks (which would name every cluster)."""
+    return " ".join(line.split(": ", 1)[-1] for line in (diff or "").splitlines())
+
+
 def tag_agreement(assignment: list[int], tags: list[str | None]) -> dict[str, Any] | None:
     """Purity of the clusters against a `tag` column (share of tagged failures whose cluster's most
     common tag is theirs) and the confusion table (cluster -> tag -> count); None without tags."""
@@ -206,7 +211,7 @@ def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None
         raise DatagenError(str(err), config.failures, "input.embed") from None
     prompt_vectors = embed_failures(encoder, texts, {"prompt": 1.0})
     labels = [
-        texts["diagnosis"][i] or (f"{texts['changed_tokens'][i] or ''}\n{p}\n{o}" if code else f"{p}\n{o}")
+        f"{_unmarked(texts['changed_tokens'][i])}\n{p}\n{o}" if code else f"{p}\n{o}"
         for i, (p, o) in enumerate(zip(prompts, texts["output"]))
     ] if config.diagnose is None else [d or "" for d in texts["diagnosis"]]
     clustering = cluster_failures(
