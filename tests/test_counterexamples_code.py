@@ -60,7 +60,8 @@ def test_the_fixture_is_what_it_says():
     checker = PythonTestsVerifier()
     for f in failures:
         assert checker.check({"completion": f["expected"], "tests": f["tests"]}).keep, f["id"]
-        assert not checker.check({"completion": f["output"], "tests": f["tests"]}).keep, f["id"]
+        verdict = checker.check({"completion": code_of(f["output"]), "tests": f["tests"]})
+        assert not verdict.keep and verdict.reason == "tests_failed", f["id"]
 
 
 def test_code_is_detected_and_the_difference_is_what_changed():

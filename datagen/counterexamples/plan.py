@@ -17,7 +17,7 @@ from datagen.counterexamples.allocate import allocate
 from datagen.counterexamples.clusters import Cluster, Clustering, cluster_failures, nearest, unit
 from datagen.counterexamples.config import InputConfig
 from datagen.counterexamples.failures import read_failures, read_train
-from datagen.counterexamples.signals import component_texts, embed_failures
+from datagen.counterexamples.signals import code_of, component_texts, embed_failures
 from datagen.embeddings import encode, load_encoder
 from datagen.errors import DatagenError
 
@@ -175,10 +175,12 @@ def _code_correction_rows(cluster: Cluster, failures: pl.DataFrame, budget: int,
         if tests[i] is None:
             skipped["no_tests"] += 1
             continue
-        if expected[i] is not None and not checker.check({"completion": expected[i], "tests": tests[i]}).keep:
+        # code_of: the program even where a fence opens mid-line ("Sure! ```python"), which the
+        # verifier's own extraction would miss (a "failing" output must fail on its code).
+        if expected[i] is not None and not checker.check({"completion": code_of(expected[i]), "tests": tests[i]}).keep:
             skipped["expected_fails_tests"] += 1
             continue
-        if checker.check({"completion": outputs[i], "tests": tests[i]}).keep:
+        if checker.check({"completion": code_of(outputs[i]), "tests": tests[i]}).keep:
             skipped["output_passes_tests"] += 1
             continue
         rows.append(i)
