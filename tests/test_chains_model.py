@@ -56,7 +56,8 @@ def test_restyle_rewrites_keep_the_final_answer(tmp_path):
     assert set(ds["tone"]) <= {"formal", "playful", "concise"}
     for row in ds:
         assert f"in a {row['tone']} tone" in row["messages"][-2]["content"]
-        assert row["keeps_answer_answer"] is not None and row["verify_answer"] is not None
+        assert row["vote_in_majority"] and row["step"] == "restyle" and row["parent_id"] in row["lineage"]
+        assert row["keeps_answer_answer"] is not None and row["vote_answer"] is not None
     train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
 
 
