@@ -23,12 +23,11 @@ import jinja2
 import polars as pl
 from pydantic import Field, model_validator
 
-from datagen.backends import ChatRequest, make_backend
-from datagen.backends.stage_model import StageModel
+from datagen.backends import ChatRequest
 from datagen.generate import MESSAGE, request_seed
 from datagen.schema import BackendConfig, SamplingConfig
-from datagen.stages.base import StageConfigBase, Step, StepContext
-from datagen.stages.llm import SLOTS_VARIABLE, Rendered
+from datagen.stages.base import StageConfigBase, StepContext
+from datagen.stages.llm import SLOTS_VARIABLE, ModelStep, Rendered
 from datagen.templates import MAX_RENDERED_CHARS, _environment, _undeclared, bounded_rendering
 
 DEFAULT_USER_SYSTEM = (
@@ -90,13 +89,10 @@ def swapped(conversation: list[dict[str, str]]) -> list[dict[str, str]]:
     return [{"role": flip[m["role"]], "content": m["content"]} for m in conversation if m["role"] in flip]
 
 
-class ConverseStep(Step):
-    def __init__(self, config: ConverseConfig, context: StepContext):
-        self.config, self.label = config, config.label
-        backend = self.engine = config.model_backend(context)
-        self.seed = config.sampling.seed if config.sampling.seed is not None else context.sampling_seed
-        self.model = StageModel(lambda: make_backend(backend, self.seed), "converse", f"stages.{config.label}", backend)
-        self.source = context.source
+class ConverseStep(ModelStep):
+    """Built ConverseConfig: the turns of every row of a batch, one backend call per turn and role."""
+
+    kind = "converse"
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         c, L = self.config, self.label

@@ -242,17 +242,26 @@ def render_requests(config: LlmConfig, rows: list[dict[str, Any]]) -> list[Rende
     return out
 
 
-class LlmStep(Step):
-    """Built LlmConfig: one backend call per batch, the backend opened on the first request and
-    closed by the executor after the step's last shard."""
+class ModelStep(Step):
+    """A step that calls a model (llm, converse): `engine` is the backend config it uses (what the
+    Ray executor places on actors), `seed` the base of its per-request seeds, `model` the backend,
+    opened on the first request and closed by the executor after the step's last shard, and
+    `source` the recipe path its rendering errors name."""
 
-    def __init__(self, config: LlmConfig, context: StepContext):
+    kind: ClassVar[str]
+
+    def __init__(self, config: Any, context: StepContext):
         self.config, self.label = config, config.label
-        backend = config.model_backend(context)
-        self.backend_config = self.engine = backend
+        backend = self.engine = config.model_backend(context)
         self.seed = config.sampling.seed if config.sampling.seed is not None else context.sampling_seed
-        self.model = StageModel(lambda: make_backend(backend, self.seed), "llm", f"stages.{config.label}", backend)
+        self.model = StageModel(lambda: make_backend(backend, self.seed), self.kind, f"stages.{config.label}", backend)
         self.source = context.source
+
+
+class LlmStep(ModelStep):
+    """Built LlmConfig: one backend call per batch."""
+
+    kind = "llm"
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         c, L = self.config, self.label
@@ -284,7 +293,7 @@ class LlmStep(Step):
                 "sample_seed": seeds[q],
                 "sampling": sampling_json,
                 "model": model_name or row.get("model"),
-                "backend": self.backend_config.kind,
+                "backend": self.engine.kind,
             } | {name: None for name in parsed_columns}
             if column is not None:
                 base[column] = value
