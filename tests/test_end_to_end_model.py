@@ -36,7 +36,10 @@ def test_quickstart_writes_a_dataset_of_real_model_text(quickstart):
         assert assistant["role"] == "assistant" and len(assistant["content"].split()) >= 5
         assert "SmolLM2-135M" in row["model"] and row["backend"] == "vllm"
         assert row["persona"] and row["slots"] and row["completion_tokens"] > 0 and row["sample_seed"] is not None
-        assert 2 <= row["judge_score"] <= 5, "judge min_score 2 applied, on the rubric's 1-5 scale"
+        if row["judge_error"] is None:
+            assert 2 <= row["judge_score"] <= 5, "judge min_score 2 applied, on the rubric's 1-5 scale"
+        else:  # kept by on_error: keep, with no score (never a made-up one)
+            assert row["judge_score"] is None
 
 
 def test_every_stage_ran_and_the_card_counts_rows_and_reasons(quickstart):
@@ -48,6 +51,11 @@ def test_every_stage_ran_and_the_card_counts_rows_and_reasons(quickstart):
     for stage in STAGES:
         assert f"| {stage} |" in card
     assert "| generate | 24 | 96 |" in card
+    judged = pl.read_parquet(out / "run" / "stages" / "07_judge" / "*.parquet").filter(pl.col("judge_keep").is_not_null())
+    kept_with_error = judged.filter(pl.col("keep") & pl.col("judge_error").is_not_null()).height
+    kept = judged.filter(pl.col("keep")).height
+    error_note = f" ({kept_with_error} with an error, not passed)" if kept_with_error else ""
+    assert f"| judge | {judged.height} | {kept}{error_note} |" in card
     candidates = pl.read_parquet(out / "run" / "stages" / "07_judge" / "*.parquet")
     assert candidates.height == 96
     dropped = candidates.filter(~pl.col("keep")).group_by("dropped_by").len()
@@ -55,7 +63,7 @@ def test_every_stage_ran_and_the_card_counts_rows_and_reasons(quickstart):
     for stage, count in dropped.rows():
         reasons = candidates.filter(pl.col("dropped_by") == stage)[f"{stage}_reason"]
         assert reasons.null_count() == 0, f"every drop by {stage} has a reason"
-        row = re.search(rf"^\| {stage} \| \d+ \| \d+ \| (\d+) \| (.*) \|$", card, re.M)
+        row = re.search(rf"^\| {stage} \| \d+ \| \d+(?: \(\d+ with an error, not passed\))? \| (\d+) \| (.*) \|$", card, re.M)
         assert row is not None and int(row[1]) == count, (stage, count)
         for reason, n in Counter(reasons).items():
             assert f"{reason}: {n}" in row[2], (stage, reason, n)
