@@ -253,6 +253,18 @@ def test_a_signal_death_is_reported_as_killed():
     assert (result.status, result.returncode, result.detail) == ("killed", -signal.SIGSEGV, "killed by SIGSEGV")
 
 
+def test_a_signal_death_is_not_blamed_on_memory_when_datagen_itself_is_large():
+    # A forked child's peak RSS includes the parent's pages until exec: with datagen holding more
+    # than the sandbox's memory limit (a loaded model, a long test session), that figure must not
+    # turn a signal death into "memory".
+    ballast = bytearray(600 << 20)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1
+    result = run("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)")
+    del ballast
+    assert (result.status, result.detail) == ("killed", "killed by SIGSEGV")
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the uid drop and namespaces are set up when datagen runs as root")
 def test_as_root_the_code_runs_unprivileged_in_private_namespaces():
     result = run("import json, os, socket\nprint(json.dumps([os.getuid(), os.getpid(), socket.if_nameindex()]))")

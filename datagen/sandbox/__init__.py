@@ -287,7 +287,11 @@ def _start(command, filter_fd, code, calls, limits, identity, group, started) ->
     seconds = time.monotonic() - started
     oom = group is not None and group.oom_killed()
     cpu = usage.ru_utime + usage.ru_stime
-    name, detail = _classify(limits, ready, timed_out, returncode, cpu, usage.ru_maxrss, oom, stderr)
+    # With a cgroup its OOM count is the evidence. Without one, the peak RSS of the waited-for bwrap
+    # process is the only sign; it includes the pages bwrap shared with datagen between fork and
+    # exec, so it over-reports when datagen itself is large (then signal deaths read as "memory").
+    maxrss_kb = None if group is not None else usage.ru_maxrss
+    name, detail = _classify(limits, ready, timed_out, returncode, cpu, maxrss_kb, oom, stderr)
     return SandboxResult(name, returncode, stdout, stderr, seconds, detail, outcomes)
 
 
@@ -330,7 +334,7 @@ def _wait_exit(pid: int, deadline: float) -> bool:
     return True
 
 
-def _classify(limits, ready, timed_out, returncode, cpu, maxrss_kb, oom, stderr) -> tuple[str, str]:
+def _classify(limits, ready, timed_out, returncode, cpu, maxrss_kb: int | None, oom: bool, stderr) -> tuple[str, str]:
     if timed_out:  # also before "ready" on a loaded machine: slow, not broken
         return "timeout", f"wall time limit {limits.wall_seconds:g} s"
     if not ready:
@@ -343,7 +347,7 @@ def _classify(limits, ready, timed_out, returncode, cpu, maxrss_kb, oom, stderr)
     if signum == signal.SIGXCPU or (signum == signal.SIGKILL and cpu >= math.ceil(limits.cpu_seconds)):
         return "timeout", f"cpu time limit {math.ceil(limits.cpu_seconds)} s"
     failure = _failure_line(stderr)
-    near_limit = maxrss_kb * 1024 >= 0.9 * limits.memory_mb * 2**20
+    near_limit = maxrss_kb is not None and maxrss_kb * 1024 >= 0.9 * limits.memory_mb * 2**20
     if oom or any(marker in failure for marker in _MEMORY_MARKERS) or (signum and near_limit):
         return "memory", _short(f"memory limit {limits.memory_mb} MB: {failure or _signal_name(signum) or 'killed'}")
     if signum:
