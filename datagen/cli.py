@@ -53,14 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--errors", action="store_true", help="rows a stage recorded an error on without dropping them (a judge or revise error kept by on_error: keep)")
     inspect.add_argument("--id", dest="row_id", metavar="ID", help="one row's full record: every column, by candidate_id (or prompt_id)")
 
-    help_text = "Drop exact and near-duplicate rows of any Parquet/JSONL table (MinHash LSH on word shingles)."
+    help_text = "Drop exact and near-duplicate rows of any Parquet/JSONL table (MinHash LSH on token shingles: words, or characters in scripts written without spaces)."
     dedup = sub.add_parser("dedup", help=help_text, description=help_text)
     dedup.add_argument("input", type=Path, help="input table (.parquet or .jsonl)")
     dedup.add_argument("--column", required=True, help="text column to compare")
     dedup.add_argument("--out", type=Path, required=True, help="output table (.parquet or .jsonl); every input column is kept")
-    dedup.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of word shingles (default 0.8)")
+    dedup.add_argument("--threshold", type=float, default=0.8, help="Jaccard similarity of token shingles (default 0.8)")
     dedup.add_argument("--num-perm", type=int, default=128, help="MinHash signature size: one-permutation bins (default 128)")
-    dedup.add_argument("--shingle-size", type=int, default=5, help="words per shingle (default 5)")
+    dedup.add_argument("--shingle-size", type=int, default=5, help="tokens per shingle: words, or characters in scripts without spaces (default 5)")
     dedup.add_argument("--bands", type=int, help="LSH bands (default: chosen for recall at the threshold)")
     dedup.add_argument("--keep", choices=["first", "best"], default="first", help="which row of a cluster to keep (default first)")
     dedup.add_argument("--score-column", help="with --keep best: the row with the highest score is kept")

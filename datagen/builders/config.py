@@ -26,9 +26,9 @@ class PairsConfig(StrictModel):
         "conversational", description="conversational: message lists (TRL's default); standard: plain strings"
     )
     near_duplicate_threshold: float = Field(
-        0.9, gt=0.0, le=1.0, description="sides whose word-shingle Jaccard similarity reaches this are never paired"
+        0.9, gt=0.0, le=1.0, description="sides whose token-shingle Jaccard similarity reaches this are never paired"
     )
-    shingle_size: int = Field(5, ge=1, le=32, description="words per shingle for the near-duplicate check")
+    shingle_size: int = Field(5, ge=1, le=32, description="tokens per shingle for the near-duplicate check (words, or characters in scripts without spaces)")
 
     @model_validator(mode="after")
     def _fits_strategy(self) -> "PairsConfig":
