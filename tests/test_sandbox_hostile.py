@@ -372,32 +372,24 @@ def test_fork_bomb_is_contained_and_leaves_no_process_behind():
     assert uid == os.getuid() or not processes_of_uid(uid)
 
 
-def processes_of_uid(uid: int) -> list[int]:
-    found = []
+def live_processes():
+    """(pid, uid, /proc status text) of every process that still exists."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 status = (entry / "status").read_text()
             except OSError:
                 continue
-            if int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))) == uid:
-                found.append(int(entry.name))
-    return found
+            yield int(entry.name), int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))), status
+
+
+def processes_of_uid(uid: int) -> list[int]:
+    return [pid for pid, owner, _ in live_processes() if owner == uid]
 
 
 def sandbox_processes() -> set[int]:
     """Live processes of the sandbox uid ranges (datagen.sandbox._UID_BASES)."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                status = (entry / "status").read_text()
-            except OSError:
-                continue
-            uid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
-            if uid >= 64_000 and uid != os.getuid() and "\nState:\tZ" not in status:
-                found.add(int(entry.name))
-    return found
+    return {pid for pid, uid, status in live_processes() if uid >= 64_000 and uid != os.getuid() and "\nState:\tZ" not in status}
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox processes are recognised by their dedicated uid")
