@@ -36,5 +36,5 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 # Convert the embedded GGUF weights to a Hugging Face folder once (~20 s), cached per user.
-HF_HUB_OFFLINE=1 "$PY" -c "from datagen.backends.embedded import embedded_model_dir as d; d()"
+HF_HUB_OFFLINE=1 "$PY" -c "from datagen.llm.embedded import embedded_model_dir as d; d()"
 echo "datagen: ready ($VENV/bin/datagen)" >&2

@@ -44,8 +44,8 @@ def main() -> int:
                         help="sentences per text (default 2 6, about 55 words); embedding time grows with length, the search does not")
     args = parser.parse_args()
 
-    import datagen.stages.collapse as collapse
-    from datagen.stages.collapse import CollapseConfig
+    import datagen.steps.collapse as collapse
+    from datagen.steps.collapse import CollapseConfig
 
     print(f"machine: {machine()}")
     frame = rows(args.texts, tuple(args.sentences))

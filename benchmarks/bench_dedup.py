@@ -56,7 +56,7 @@ def shingles_of(text: str) -> list[bytes]:
 
 
 def run_datagen(texts: list[str], threshold: float) -> np.ndarray:
-    from datagen.stages.dedup import DedupConfig, Deduplicator
+    from datagen.steps.dedup import DedupConfig, Deduplicator
 
     config = DedupConfig(threshold=threshold, num_perm=NUM_PERM, shingle_size=SHINGLE)
     verdicts = Deduplicator(config).verdicts(pl.Series(texts))

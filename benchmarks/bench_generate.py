@@ -82,9 +82,9 @@ def main() -> int:
 
     from vllm import SamplingParams
 
-    from datagen.backends.vllm_backend import VLLMBackend, engine_kwargs, is_cpu_build
-    from datagen.executor import expand_prompts, run_pipeline
-    from datagen.generate import request_seed
+    from datagen.llm.vllm_backend import VLLMBackend, engine_kwargs, is_cpu_build
+    from datagen.run.executor import expand_prompts, run_pipeline
+    from datagen.llm.generate import request_seed
     from datagen.recipe import load_recipe
 
     print(f"machine: {machine()}")

@@ -34,7 +34,7 @@ class CorpusBackend:
     model_name = "corpus"
 
     def generate(self, requests, sampling):
-        from datagen.backends import Completion, Generation
+        from datagen.llm import Completion, Generation
 
         out = []
         for request in requests:
@@ -81,8 +81,8 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the run directory here instead of a temporary one")
     args = parser.parse_args()
 
-    import datagen.stages.dedup as dedup
-    from datagen.executor import run_pipeline
+    import datagen.steps.dedup as dedup
+    from datagen.run.executor import run_pipeline
     from datagen.recipe import load_recipe
 
     print(f"machine: {machine()}")

@@ -27,7 +27,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from datagen.stages.verify import PythonTestsVerifier  # noqa: E402
+from datagen.steps.verify import PythonTestsVerifier  # noqa: E402
 
 
 class CpuMeter:

@@ -1,6 +1,6 @@
 """Exact Jaccard similarity of word shingles, for ground truth: every pair at or above a threshold.
 
-Written independently of datagen.minhash (shingles are strings hashed by polars). All pairs come
+Written independently of datagen.text.minhash (shingles are strings hashed by polars). All pairs come
 from a prefix-filter similarity join (Bayardo et al., "Scaling up all pairs similarity search"):
 with shingles in one global order (rarest first), two sets with Jaccard >= t must share a shingle
 among the first |x| - ceil(t |x|) + 1 of each, so only pairs sharing a prefix shingle are

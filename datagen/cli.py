@@ -10,10 +10,11 @@ import textwrap
 from pathlib import Path
 
 from datagen.errors import DatagenError, first_line
+from datagen.sources.shipped import RESOURCES
 
 EXIT_USER_ERROR = 2
 MAX_ROWS_SHOWN = 2**31 - 1  # --rows / -n past any table's length mean "all"
-COUNTEREXAMPLE_RECIPE = Path(__file__).resolve().parent.parent / "pipelines" / "counterexamples.yaml"
+COUNTEREXAMPLE_RECIPE = RESOURCES / "pipelines" / "counterexamples.yaml"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,7 +97,7 @@ def _ensure_openmp_preload() -> None:
     lib = Path(sys.prefix) / "lib" / "libiomp5.so"
     if not lib.exists() or str(lib) in os.environ.get("LD_PRELOAD", "") or os.environ.get("DATAGEN_NO_REEXEC"):
         return
-    from datagen.backends.vllm_backend import is_cpu_build
+    from datagen.llm.vllm_backend import is_cpu_build
 
     if not is_cpu_build():
         return
@@ -112,7 +113,7 @@ def _check_models(recipe, source: Path) -> None:
     """Every model the recipe names (the generator's, a judge's, an embedding model, ...), checked
     before any engine starts or the output directory is touched: a vllm model path exists, an
     openai key is set, a local embedding model folder exists."""
-    from datagen.backends import check_backend
+    from datagen.llm import check_backend
     from datagen.paths import is_local_model_path
 
     for field, backend in recipe.backends():
@@ -138,16 +139,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         _ensure_openmp_preload()
     progress = "none" if args.no_progress else args.progress
     if args.executor == "ray":
-        from datagen.ray_executor import run_pipeline_ray
+        from datagen.run.ray_executor import run_pipeline_ray
 
         result = run_pipeline_ray(loaded, out, address=args.address, force=args.force, progress=progress)
     else:
         if args.address is not None:
             raise DatagenError("only used with --executor ray", field="--address")
-        from datagen.executor import run_pipeline
+        from datagen.run.executor import run_pipeline
 
         result = run_pipeline(loaded, out, force=args.force, progress=progress)
-    from datagen.trust import kept_errors
+    from datagen.report.trust import kept_errors
 
     for s in result.stage_stats:
         reasons = ", ".join(f"{r}={c}" for r, c in sorted(s["dropped"].items()))
@@ -157,7 +158,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if result.rows_written:
         print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
     else:
-        from datagen.run_view import why_empty
+        from datagen.report.view import why_empty
 
         why = why_empty(result.stage_stats)
         if why is None:  # rows survived, but the output builder made nothing of them (no pair)
@@ -188,13 +189,13 @@ def _output_figures(out: Path) -> dict:
 
 
 def explain_no_pair(reason: str) -> str:
-    from datagen.run_view import explain_no_pair as explain
+    from datagen.report.view import explain_no_pair as explain
 
     return explain(reason)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from datagen.executor import build_steps, expand_prompts
+    from datagen.run.executor import build_steps, expand_prompts
     from datagen.recipe import load_recipe
 
     loaded = load_recipe(args.recipe, args.overrides)
@@ -209,7 +210,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from datagen.executor import expand_prompts
+    from datagen.run.executor import expand_prompts
     from datagen.recipe import load_recipe
 
     if args.n < 1:
@@ -234,8 +235,8 @@ def cmd_dedup(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from datagen.errors import from_validation_error
-    from datagen.run_dir import atomic_write_bytes, atomic_write_parquet
-    from datagen.stages.dedup import DedupConfig, Deduplicator, read_table, text_column
+    from datagen.run.run_dir import atomic_write_bytes, atomic_write_parquet
+    from datagen.steps.dedup import DedupConfig, Deduplicator, read_table, text_column
 
     writers = {
         ".parquet": atomic_write_parquet,
@@ -297,7 +298,7 @@ def cmd_dedup(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from datagen.inspect import inspect
+    from datagen.report.inspect import inspect
 
     if args.rows is not None and args.rows < 0:
         raise DatagenError("must be at least 0", field="--rows")
@@ -312,7 +313,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_counterexamples(args: argparse.Namespace) -> int:
     """Sugar for `datagen run RECIPE --set input.failures=F --set budget=B ...`, checking the files first."""
     from datagen.counterexamples.config import MAX_CLUSTERS
-    from datagen.counterexamples.failures import read_failures, read_train
+    from datagen.sources.failures import read_failures, read_train
     from datagen.recipe import load_recipe
     from datagen.recipe import MAX_COUNT
 

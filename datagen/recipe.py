@@ -13,15 +13,15 @@ from typing import Any, Literal
 import polars as pl
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from datagen.builders.config import PairsConfig
+from datagen.outputs.config import PairsConfig
 from datagen.counterexamples.config import InputConfig
 from datagen.credentials import find_secret, secret_message
 from datagen.errors import DatagenError, from_validation_error
-from datagen.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
+from datagen.llm.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
-from datagen.schema import BackendConfig, StrictModel
-from datagen.stages import StageConfig
-from datagen.templates import Template, load_template
+from datagen.rows import BackendConfig, StrictModel
+from datagen.steps import StageConfig
+from datagen.sources.templates import Template, load_template
 from datagen.yaml_io import parse_yaml, read_yaml
 
 

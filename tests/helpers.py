@@ -1,5 +1,5 @@
 """What the tests share: paths, the tiny template and base recipe, candidate rows built from the
-real row schema (datagen.generate.CANDIDATE_SCHEMA), a scripted model that records its calls, a
+real row schema (datagen.llm.generate.CANDIDATE_SCHEMA), a scripted model that records its calls, a
 backend factory that counts what it starts, canned completions to one question, the installed CLI
 and TRL's trainers. Tests import from here; tests/conftest.py holds only fixtures."""
 
@@ -14,10 +14,10 @@ from typing import Any, NamedTuple
 import polars as pl
 import yaml
 
-from datagen.backends import ChatRequest, Generation
-from datagen.backends.scripted import ScriptedBackend
-from datagen.generate import CANDIDATE_SCHEMA
-from datagen.schema import SamplingConfig
+from datagen.llm import ChatRequest, Generation
+from datagen.llm.scripted import ScriptedBackend
+from datagen.llm.generate import CANDIDATE_SCHEMA
+from datagen.rows import SamplingConfig
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "templates"
@@ -198,7 +198,7 @@ def load_embedded_model():
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from datagen.backends.embedded import embedded_model_dir
+    from datagen.llm.embedded import embedded_model_dir
 
     path = embedded_model_dir()
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)

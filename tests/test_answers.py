@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from datagen.answers import equivalent, extract_answer, final_answer, parse_reference
+from datagen.text.answers import equivalent, extract_answer, final_answer, parse_reference
 
 
 @pytest.mark.parametrize("text", ["so \\boxed{0.375}", "\\boxed{\\frac{3}{8}}", "Answer: 3/8", "We get $\\frac{3}{8}$."])

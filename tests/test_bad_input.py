@@ -72,7 +72,7 @@ def dedup_reference(name: str, content: bytes) -> tuple[dict, Callable[[Path], N
 
 
 def finished_run_of_another_recipe(root: Path) -> None:
-    from datagen.executor import run_pipeline
+    from datagen.run.executor import run_pipeline
     from datagen.recipe import load_recipe
 
     other = write_yaml(root / "other" / "recipe.yaml", BASE_RECIPE | {"name": "other", "seed": 99, "template_dirs": ["../templates"]})

@@ -9,10 +9,10 @@ import datasets
 import polars as pl
 import pytest
 
-from datagen.builders.config import PairsConfig
-from datagen.builders.pairs import build_pairs, pair_stats
+from datagen.outputs.config import PairsConfig
+from datagen.outputs.pairs import build_pairs, pair_stats
 from datagen.errors import DatagenError
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 from helpers import NO_ANSWER, QUESTION, RIGHT, RIGHT_TOO, WRONG, WRONG_TOO, candidate_frame
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datagen.answers import extract_answer
-from datagen.executor import run_pipeline
+from datagen.text.answers import extract_answer
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
 
@@ -211,7 +211,7 @@ def test_vote_majority_as_a_reference_only_after_a_vote(tmp_path):
 CHILD = r'''
 import os, signal, sys
 from pathlib import Path
-from datagen.backends.scripted import ScriptedBackend
+from datagen.llm.scripted import ScriptedBackend
 
 log, kill_at = Path(sys.argv[1]), int(sys.argv[2])
 original = ScriptedBackend.generate

@@ -11,7 +11,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 from helpers import PIPELINES
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from datagen.answers import extract_answer
+from datagen.text.answers import extract_answer
 from helpers import PIPELINES, assert_two_steps, datagen_cli, load_embedded_model, train_dpo, trainer_args
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]

@@ -10,11 +10,11 @@ import pytest
 from pydantic import ValidationError
 from scipy.sparse.csgraph import connected_components
 
-from datagen.embeddings import connected_labels, encode, load_encoder, similar_pairs
+from datagen.text.embeddings import connected_labels, encode, load_encoder, similar_pairs
 from datagen.errors import DatagenError
-from datagen.executor import apply_stage, run_pipeline
+from datagen.run.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
-from datagen.stages.collapse import CollapseConfig
+from datagen.steps.collapse import CollapseConfig
 
 from helpers import ScriptedModel, candidate_frame, datagen_cli
 

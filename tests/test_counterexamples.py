@@ -21,21 +21,21 @@ import pytest
 import yaml
 
 from helpers import PIPELINES, TEMPLATES, datagen_cli, train_dpo, write_yaml
-from datagen.answers import equivalent, extract_answer, parse_reference
-from datagen.backends.base import Completion, Generation
-from datagen.backends.scripted import ScriptedBackend
+from datagen.text.answers import equivalent, extract_answer, parse_reference
+from datagen.llm.base import Completion, Generation
+from datagen.llm.scripted import ScriptedBackend
 from datagen.cli import main
 from datagen.counterexamples.allocate import allocate
 from datagen.counterexamples.clusters import cluster_failures, distinctive_terms, embed_pairs
 from datagen.counterexamples.config import InputConfig
-from datagen.counterexamples.failures import read_failures, read_train
+from datagen.sources.failures import read_failures, read_train
 from datagen.counterexamples.output import write_pairs
 from datagen.counterexamples.plan import make_plan
-from datagen.embeddings import load_encoder
+from datagen.text.embeddings import load_encoder
 from datagen.errors import DatagenError
-from datagen.executor import expand_prompts, run_pipeline
+from datagen.run.executor import expand_prompts, run_pipeline
 from datagen.recipe import load_recipe
-from datagen.stages.counterexample import parse_counterexample
+from datagen.steps.counterexample import parse_counterexample
 
 FAILURES = PIPELINES / "examples" / "failures.jsonl"
 TRAIN = PIPELINES / "examples" / "train.jsonl"

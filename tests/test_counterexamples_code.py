@@ -20,18 +20,18 @@ import polars as pl
 import pytest
 
 from helpers import PIPELINES, TEMPLATES, datagen_cli, train_dpo, write_yaml
-from datagen.backends.base import Completion, Generation
-from datagen.backends.scripted import ScriptedBackend
+from datagen.llm.base import Completion, Generation
+from datagen.llm.scripted import ScriptedBackend
 from datagen.cli import main
 from datagen.counterexamples.allocate import allocate
 from datagen.counterexamples.config import InputConfig
-from datagen.counterexamples.failures import read_failures
+from datagen.sources.failures import read_failures
 from datagen.counterexamples.plan import make_plan, tag_agreement
 from datagen.counterexamples.signals import changed_tokens, code_of, is_code_failure
-from datagen.executor import expand_prompts, run_pipeline
+from datagen.run.executor import expand_prompts, run_pipeline
 from datagen.recipe import load_recipe
-from datagen.stages.counterexample import CounterexampleConfig, parse_code_counterexample
-from datagen.stages.verify import PythonTestsVerifier
+from datagen.steps.counterexample import CounterexampleConfig, parse_code_counterexample
+from datagen.steps.verify import PythonTestsVerifier
 
 DATA = Path(__file__).parent / "data"
 CODE_FAILURES = DATA / "code_failures.jsonl"

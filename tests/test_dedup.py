@@ -14,10 +14,10 @@ from scipy import sparse
 
 from conftest import datagen_cli
 from datagen.errors import DatagenError
-from datagen.executor import run_pipeline
-from datagen.minhash import MinHasher, jaccard, pair_jaccard, shingle
+from datagen.run.executor import run_pipeline
+from datagen.text.minhash import MinHasher, jaccard, pair_jaccard, shingle
 from datagen.recipe import load_recipe
-from datagen.stages.dedup import DedupConfig
+from datagen.steps.dedup import DedupConfig
 
 THRESHOLD = 0.8
 SIZE = 5
@@ -74,7 +74,7 @@ def corpus(seed: int, originals: int, variants: int) -> list[str]:
 
 
 def word_shingles(text: str) -> set[tuple[str, ...]]:
-    """Ground truth, written independently of datagen.minhash: sets of word 5-gram tuples."""
+    """Ground truth, written independently of datagen.text.minhash: sets of word 5-gram tuples."""
     words = re.findall(r"[^\W_]+", text.lower())
     return {tuple(words[i : i + SIZE]) for i in range(max(len(words) - SIZE + 1, 1))} if words else set()
 
@@ -429,7 +429,7 @@ def test_cli_errors_one_line_exit_2(tmp_path, case, argv, message):
 
 
 def test_chunked_sketch_and_pairs_give_the_same_verdicts(monkeypatch):
-    import datagen.stages.dedup as dedup_module
+    import datagen.steps.dedup as dedup_module
 
     docs = corpus(seed=12, originals=150, variants=150)
     whole = dedup(docs)

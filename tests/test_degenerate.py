@@ -11,10 +11,10 @@ import re
 
 import pytest
 
-from datagen.degenerate import MIN_DISTINCT, is_repetitive, rationale_problem, repetition, revision_problem
-from datagen.stages.finished import FinishedConfig
-from datagen.stages.judge import JudgeConfig, JudgeStage
-from datagen.stages.revise import ReviseConfig, ReviseStage
+from datagen.text.degenerate import MIN_DISTINCT, is_repetitive, rationale_problem, repetition, revision_problem
+from datagen.steps.finished import FinishedConfig
+from datagen.steps.judge import JudgeConfig, JudgeStage
+from datagen.steps.revise import ReviseConfig, ReviseStage
 from helpers import QUESTION, RIGHT, ScriptedModel, candidate_frame, samples_frame
 
 # --- recorded degenerate texts -------------------------------------------------------------------

@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 
 from helpers import PIPELINES, datagen_cli
-from datagen.answers import equivalent, extract_answer, parse_reference
+from datagen.text.answers import equivalent, extract_answer, parse_reference
 
 pytestmark = pytest.mark.model
 

@@ -7,10 +7,10 @@ import polars as pl
 import pytest
 
 from datagen.errors import DatagenError
-from datagen.executor import apply_stage, run_pipeline
-from datagen.stages import RunStep
+from datagen.run.executor import apply_stage, run_pipeline
+from datagen.steps import RunStep
 from datagen.recipe import load_recipe
-from datagen.stages.length import LengthConfig, LengthStage
+from datagen.steps.length import LengthConfig, LengthStage
 from helpers import ScriptedModel, candidate_frame, write_yaml
 
 RESPONSES = ["short", "A fine answer, number {index}, passes the bar.", "one two three four five six seven eight nine ten eleven"]

@@ -5,11 +5,11 @@ import io
 import datasets
 import polars as pl
 
-from datagen.backends import Generation
-from datagen.backends.scripted import ScriptedBackend
-from datagen.executor import run_pipeline
-from datagen.generate import RESERVED_COLUMNS
-from datagen.inspect import inspect
+from datagen.llm import Generation
+from datagen.llm.scripted import ScriptedBackend
+from datagen.run.executor import run_pipeline
+from datagen.llm.generate import RESERVED_COLUMNS
+from datagen.report.inspect import inspect
 from datagen.recipe import load_recipe
 
 FAILING_TOPIC = "volcanoes"

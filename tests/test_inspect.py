@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from datagen.cli import main
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 
 RESPONSES = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datagen.lsh import candidate_pairs, greedy_clusters, shared_buckets
+from datagen.text.lsh import candidate_pairs, greedy_clusters, shared_buckets
 
 
 class MatrixSimilarity:

@@ -22,10 +22,10 @@ import polars as pl
 import pytest
 
 from conftest import datagen_cli, write_yaml
-from datagen.backends import ChatRequest, make_backend
-from datagen.backends.openai_backend import request_params, split_tokens
+from datagen.llm import ChatRequest, make_backend
+from datagen.llm.openai_backend import request_params, split_tokens
 from datagen.errors import DatagenError
-from datagen.schema import BackendConfig, SamplingConfig
+from datagen.rows import BackendConfig, SamplingConfig
 
 SERVED_NAME = "smollm2"
 KEY_ENV = "DATAGEN_TEST_OPENAI_KEY"
@@ -95,7 +95,7 @@ def http_ok(url: str) -> bool:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """vLLM's OpenAI API server with the embedded model, on a free loopback port; killed at the end."""
-    from datagen.backends.embedded import embedded_model_dir
+    from datagen.llm.embedded import embedded_model_dir
 
     model_dir = embedded_model_dir()
     port = free_port()
@@ -536,7 +536,7 @@ def test_a_transient_status_is_retried_by_the_rerun_and_a_permanent_one_is_recor
 
 
 def test_fold_puts_the_system_message_into_the_first_user_turn(project, fake):
-    from datagen.backends.openai_backend import fold_system
+    from datagen.llm.openai_backend import fold_system
 
     messages = [{"role": "system", "content": "You are a poet."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"},
                 {"role": "user", "content": "Again"}]
@@ -561,7 +561,7 @@ def test_the_ray_executor_keeps_a_crashed_shard_unfinished_too(project, fake):
     records the one with transient failures as unfinished; the rerun sends exactly the rest."""
     import ray
 
-    from datagen.ray_executor import run_pipeline_ray
+    from datagen.run.ray_executor import run_pipeline_ray
     from datagen.recipe import load_recipe
 
     server = fake().start("--die-after", "7")

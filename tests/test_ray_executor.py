@@ -12,8 +12,8 @@ import ray
 
 from datagen.cli import main
 from datagen.errors import DatagenError
-from datagen.executor import run_pipeline
-from datagen.ray_executor import run_pipeline_ray
+from datagen.run.executor import run_pipeline
+from datagen.run.ray_executor import run_pipeline_ray
 from datagen.recipe import load_recipe
 
 # Two near-duplicate sentences (one word apart), one more sentence, and texts the filters drop;

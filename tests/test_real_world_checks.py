@@ -13,15 +13,15 @@ import polars as pl
 import pytest
 
 from conftest import datagen_cli, write_yaml
-from datagen import strict_json
-from datagen.answers import equivalent, extract_answer, final_answer, parse_reference
-from datagen.builders.config import PairsConfig
-from datagen.builders.pairs import build_pairs
-from datagen.stages.counterexample import parse_counterexample
-from datagen.stages.dedup import DedupConfig, Deduplicator
-from datagen.stages.verify import ContainsVerifier, ExactVerifier, JsonSchemaVerifier, MathVerifier
-from datagen.stages.vote import VoteConfig
-from datagen.text import normalize, tokens
+from datagen.text import strict_json
+from datagen.text.answers import equivalent, extract_answer, final_answer, parse_reference
+from datagen.outputs.config import PairsConfig
+from datagen.outputs.pairs import build_pairs
+from datagen.steps.counterexample import parse_counterexample
+from datagen.steps.dedup import DedupConfig, Deduplicator
+from datagen.steps.verify import ContainsVerifier, ExactVerifier, JsonSchemaVerifier, MathVerifier
+from datagen.steps.vote import VoteConfig
+from datagen.text.normalize import normalize, tokens
 
 # --- math answers: one parser for verify, vote and counterexample corrections ---------------------
 
@@ -277,7 +277,7 @@ def test_identical_pair_sides_after_normalisation():
 
 
 def test_collapse_prefixes_use_the_same_tokens():
-    from datagen.stages.collapse import CollapseConfig
+    from datagen.steps.collapse import CollapseConfig
 
     def fitted(outputs):
         rows = [{"prompt_id": f"p{i}", "template_id": "t", "persona": None, "sample_index": 0, "candidate_id": f"c{i}", "completion": text} for i, text in enumerate(outputs)]
@@ -323,8 +323,8 @@ def test_strict_json_keeps_what_is_json():
 
 
 def test_judge_verdicts_are_parsed_strictly():
-    from datagen.backends.base import Completion, Generation
-    from datagen.stages.judge import JudgeConfig
+    from datagen.llm.base import Completion, Generation
+    from datagen.steps.judge import JudgeConfig
 
     stage = JudgeConfig(rubric="helpfulness").build()
     good = {"rationale": "fine", **{c.name: 4 for c in stage.rubric.criteria}}

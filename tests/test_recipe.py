@@ -10,7 +10,7 @@ from datagen.recipe import load_recipe
 def test_shipped_recipes_validate():
     """Each shipped recipe loads with the templates it lists (ids matching their files), and a
     template-driven one expands to exactly the prompts its counts ask for, each prompt once."""
-    from datagen.executor import expand_prompts
+    from datagen.run.executor import expand_prompts
 
     paths = sorted(PIPELINES.glob("*.yaml"))
     assert {p.stem for p in paths} >= {"quickstart", "dpo_pairs", "rejection_sft", "counterexamples", "constitutional"}

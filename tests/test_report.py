@@ -17,11 +17,11 @@ import pytest
 
 from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
 from datagen.cli import main
-from datagen.executor import run_pipeline, summarize
-from datagen.progress import StageProgress
+from datagen.run.executor import run_pipeline, summarize
+from datagen.run.progress import StageProgress
 from datagen.recipe import load_recipe
-from datagen.report import build_report
-from datagen.run_view import load_run
+from datagen.report.html import build_report
+from datagen.report.view import load_run
 
 HOSTILE = "<script>alert(1)</script><img src=x onerror=alert(2)> so the answer is \\boxed{12}."
 HOSTILE_PERSONA = "calm</title><svg onload=alert(3)>"
@@ -424,7 +424,7 @@ def test_trust_flags_a_judge_giving_everyone_the_same_score_and_counts_degenerat
 
 
 def test_trust_of_pairwise_order_agreement_and_length_bias():
-    from datagen.trust import trust
+    from datagen.report.trust import trust
 
     stats = [{"stage": "generate", "kept": 40, "dropped": {}, "rows_in": 10},
              {"stage": "judge", "kept": 40, "dropped": {}, "rows_in": 40, "summary": {

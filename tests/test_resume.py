@@ -22,9 +22,9 @@ import polars as pl
 import pytest
 
 from conftest import TINY_TEMPLATE, datagen_cli, write_yaml
-from datagen.backends.scripted import ScriptedBackend
+from datagen.llm.scripted import ScriptedBackend
 from datagen.errors import DatagenError
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 
 CHILD = r'''
@@ -50,9 +50,9 @@ def die():
 
 import datasets
 import polars as pl
-import datagen.executor as executor
-from datagen.backends.scripted import ScriptedBackend
-from datagen.backends.vllm_backend import VLLMBackend
+import datagen.run.executor as executor
+from datagen.llm.scripted import ScriptedBackend
+from datagen.llm.vllm_backend import VLLMBackend
 
 for backend in (ScriptedBackend, VLLMBackend):
     def generate(self, requests, sampling, _original=backend.generate):

@@ -8,12 +8,12 @@ import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from datagen.constitutions import load_constitution, shipped_constitutions
+from datagen.sources.constitutions import load_constitution, shipped_constitutions
 from datagen.errors import DatagenError
-from datagen.executor import apply_stage, run_pipeline
+from datagen.run.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
-from datagen.schema import BackendConfig
-from datagen.stages.revise import ReviseConfig, ReviseStage, clean_revision
+from datagen.rows import BackendConfig
+from datagen.steps.revise import ReviseConfig, ReviseStage, clean_revision
 from helpers import QUESTION, RIGHT, Call, ScriptedModel, candidate_frame
 
 # Refusing a plain arithmetic question is the over-refusal the constitution is for.

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import polars as pl
 
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
-from datagen.run_dir import atomic_write_bytes, atomic_write_parquet
+from datagen.run.run_dir import atomic_write_bytes, atomic_write_parquet
 
 
 @contextmanager

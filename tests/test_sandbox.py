@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datagen.sandbox import SandboxLimits, run_python
+from datagen.steps.sandbox import SandboxLimits, run_python
 
 from helpers import TEMPLATES, datagen_cli
 
@@ -319,7 +319,7 @@ BAD_LIMITS = [
 def test_verifier_limits_that_are_not_finite_or_past_the_maxima_are_refused(field, value):
     from pydantic import ValidationError
 
-    from datagen.stages.verify import VerifyConfig
+    from datagen.steps.verify import VerifyConfig
 
     with pytest.raises(ValidationError) as info:
         VerifyConfig(verifiers={"tiny": {"kind": "python_tests", field: yaml.safe_load(value)}})
@@ -336,8 +336,8 @@ def test_a_bad_limit_in_a_recipe_is_one_line_naming_the_field_and_exit_2(project
 
 
 def test_the_largest_documented_limits_are_accepted(project):
-    from datagen.sandbox import MAXIMA
-    from datagen.stages.verify import PythonTestsVerifier
+    from datagen.steps.sandbox import MAXIMA
+    from datagen.steps.verify import PythonTestsVerifier
 
     PythonTestsVerifier(**{name: MAXIMA[name] for name in ("cpu_seconds", "wall_seconds", "memory_mb", "disk_mb", "max_processes", "file_size_mb", "output_chars")})
     with pytest.raises(ValueError, match="finite"):
@@ -348,10 +348,10 @@ def test_the_largest_documented_limits_are_accepted(project):
 
 # ---------------------------------------------------------------- the tests' evaluator (no sandbox)
 
-from datagen.sandbox import CallOutcome  # noqa: E402
-from datagen.sandbox import values  # noqa: E402
-from datagen.sandbox.suite import Suite  # noqa: E402
-from datagen.sandbox.suite import TestsError as UnsupportedTests  # noqa: E402 - a Test* name pytest would collect
+from datagen.steps.sandbox import CallOutcome  # noqa: E402
+from datagen.steps.sandbox import values  # noqa: E402
+from datagen.steps.sandbox.suite import Suite  # noqa: E402
+from datagen.steps.sandbox.suite import TestsError as UnsupportedTests  # noqa: E402 - a Test* name pytest would collect
 
 
 def answer(suite: Suite, functions: dict) -> tuple[str, str, int]:
@@ -469,14 +469,14 @@ def test_subclasses_and_objects_are_not_plain_data():
 
 
 def test_the_sandbox_runs_here():
-    from datagen.sandbox import unavailable
+    from datagen.steps.sandbox import unavailable
 
     assert unavailable() is None  # CI installs bubblewrap (install.sh); a machine without it fails closed
 
 
 def test_without_bubblewrap_nothing_runs_and_the_recipe_is_refused(monkeypatch):
-    import datagen.sandbox as sandbox
-    import datagen.stages.verify as verify
+    import datagen.steps.sandbox as sandbox
+    import datagen.steps.verify as verify
     from pydantic import ValidationError
 
     monkeypatch.setattr(sandbox, "bwrap_path", lambda: None)
@@ -489,8 +489,8 @@ def test_without_bubblewrap_nothing_runs_and_the_recipe_is_refused(monkeypatch):
 
 
 def test_a_bwrap_that_cannot_create_namespaces_fails_every_candidate_closed(tmp_path, monkeypatch):
-    import datagen.sandbox as sandbox
-    from datagen.stages.verify import PythonTestsVerifier
+    import datagen.steps.sandbox as sandbox
+    from datagen.steps.verify import PythonTestsVerifier
 
     fake = tmp_path / "bwrap"
     fake.write_text("#!/bin/sh\necho 'bwrap: No permissions to create new namespace' >&2\nexit 1\n")
@@ -524,7 +524,7 @@ def test_tests_that_would_take_unbounded_time_or_memory_here_are_stopped(tests):
 
 
 def test_the_seccomp_filter_exists_for_both_architectures_and_fails_closed_elsewhere():
-    from datagen.sandbox import seccomp
+    from datagen.steps.sandbox import seccomp
 
     for machine in ("x86_64", "aarch64"):
         program = seccomp.program(machine)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datagen.sandbox import SandboxLimits, cgroup, run_python
-from datagen.stages.verify import PythonTestsVerifier
+from datagen.steps.sandbox import SandboxLimits, cgroup, run_python
+from datagen.steps.verify import PythonTestsVerifier
 
 from helpers import REPO, TEMPLATES
 
@@ -388,7 +388,7 @@ def processes_of_uid(uid: int) -> list[int]:
 
 
 def sandbox_processes() -> set[int]:
-    """Live processes of the sandbox uid ranges (datagen.sandbox._UID_BASES)."""
+    """Live processes of the sandbox uid ranges (datagen.steps.sandbox._UID_BASES)."""
     return {pid for pid, uid, status in live_processes() if uid >= 64_000 and uid != os.getuid() and "\nState:\tZ" not in status}
 
 
@@ -397,7 +397,7 @@ def test_killing_datagen_mid_run_leaves_no_process_and_no_files():
     before_files = {p.name for p in Path(tempfile.gettempdir()).iterdir()}
     before = sandbox_processes()
     driver = (
-        "from datagen.sandbox import SandboxLimits, run_python\n"
+        "from datagen.steps.sandbox import SandboxLimits, run_python\n"
         "run_python('import os, time\\nopen(\"code-left.txt\", \"w\").write(\"x\")\\nos.fork(); os.fork()\\ntime.sleep(60)',"
         " SandboxLimits(wall_seconds=60, cpu_seconds=60))\n"
     )

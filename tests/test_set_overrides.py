@@ -75,7 +75,7 @@ def test_cli_validate_with_sets_by_name(project, capsys):
 
 
 def test_a_refused_rerun_names_the_fields_that_differ(project):
-    from datagen.executor import run_pipeline
+    from datagen.run.executor import run_pipeline
 
     path = recipe(project)
     out = project.root / "out"

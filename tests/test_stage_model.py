@@ -1,17 +1,17 @@
-"""The model a stage asks (datagen.backends.stage_model), shared by the judge and the revise stage."""
+"""The model a stage asks (datagen.llm.stage_model), shared by the judge and the revise stage."""
 
 from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
 
-from datagen.backends import ChatRequest
-from datagen.backends.scripted import ScriptedBackend
-from datagen.backends.stage_model import StageModel
+from datagen.llm import ChatRequest
+from datagen.llm.scripted import ScriptedBackend
+from datagen.llm.stage_model import StageModel
 from datagen.errors import DatagenError
-from datagen.schema import BackendConfig, SamplingConfig
-from datagen.stages.judge import JudgeConfig, JudgeSamplingConfig, JudgeStage
-from datagen.stages.revise import ReviseConfig, ReviseSamplingConfig, ReviseStage
+from datagen.rows import BackendConfig, SamplingConfig
+from datagen.steps.judge import JudgeConfig, JudgeSamplingConfig, JudgeStage
+from datagen.steps.revise import ReviseConfig, ReviseSamplingConfig, ReviseStage
 from helpers import ANSWER, RIGHT, RIGHT_TOO, WRONG, CountingFactory, ScriptedModel, samples_frame
 
 ONE = SamplingConfig(n=1, max_tokens=20)

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import TEMPLATES, TINY_TEMPLATE, write_yaml
 from datagen.errors import DatagenError
-from datagen.templates import _all_combinations, expand, load_template, select_combinations
+from datagen.sources.templates import _all_combinations, expand, load_template, select_combinations
 
 
 def tiny(tmp_path: Path, **changes) -> Path:
@@ -189,7 +189,7 @@ def test_rendering_is_bounded_in_time_and_memory_and_names_the_field(tmp_path):
     import time
 
     from datagen.bounded import GRACE_S, WALL_FACTOR
-    from datagen.templates import EXPAND_SECONDS
+    from datagen.sources.templates import EXPAND_SECONDS
 
     cases = {
         "{{ t|center(2000000000) }}": "rendering needs more than 1024 MiB",

@@ -99,7 +99,7 @@ def test_rejection_sft_recipe_trains_with_trl_sft(rejection_sft, tmp_path):
     import polars as pl
     from trl import SFTConfig, SFTTrainer
 
-    from datagen.answers import equivalent, extract_answer, parse_reference
+    from datagen.text.answers import equivalent, extract_answer, parse_reference
 
     ds = datasets.load_dataset(str(rejection_sft), split="train")
     assert ds.num_rows > 0

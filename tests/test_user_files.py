@@ -16,7 +16,7 @@ import polars as pl
 import pytest
 
 from datagen.errors import DatagenError
-from datagen.run_dir import RunDir, remove_own_files
+from datagen.run.run_dir import RunDir, remove_own_files
 
 
 def cli(*args) -> tuple[int, str]:
@@ -124,8 +124,8 @@ def test_a_second_run_into_the_same_out_is_refused_while_the_first_holds_the_loc
 SLOW_RUN = """
 import sys, time
 from pathlib import Path
-from datagen.backends.scripted import ScriptedBackend
-from datagen.executor import run_pipeline
+from datagen.llm.scripted import ScriptedBackend
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 
 class Waiting(ScriptedBackend):  # generates once the file sys.argv[3] exists: the second run happens meanwhile

@@ -13,9 +13,9 @@ import yaml
 from pydantic import ValidationError
 
 from datagen.errors import DatagenError
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
-from datagen.stages.verify import VerifyConfig, extract_code
+from datagen.steps.verify import VerifyConfig, extract_code
 
 from conftest import REPO, TEMPLATES, write_yaml
 
@@ -108,7 +108,7 @@ def test_regex_search_and_fullmatch():
 # minutes on these 41 characters), the test fails on its timeout instead of hanging the suite.
 CATASTROPHIC = """
 import json, sys, polars as pl
-from datagen.stages.verify import VerifyConfig
+from datagen.steps.verify import VerifyConfig
 rows = pl.DataFrame({"template_id": ["t", "t"], "completion": ["a" * 40 + "b", "aaaa"]})
 out = {}
 for pattern, mode in [("(a+)+$", "search"), ("(a|aa)+$", "search"), ("(a|aa)+$", "fullmatch")]:

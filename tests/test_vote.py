@@ -10,9 +10,9 @@ import pytest
 from pydantic import ValidationError
 
 from datagen.errors import DatagenError
-from datagen.executor import apply_stage, run_pipeline
+from datagen.run.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
-from datagen.stages.vote import VoteConfig, pass_at_k
+from datagen.steps.vote import VoteConfig, pass_at_k
 
 from helpers import candidate_frame, write_yaml
 

@@ -6,7 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from datagen.executor import run_pipeline
+from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 
 RESPONSES = ["short", "A longer answer, number {index}, with a few more words."]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from datagen.embeddings import encode
+from datagen.text.embeddings import encode
 
 TERMS_PER_CLUSTER = 5
 LABEL_TERMS = 3

@@ -9,12 +9,13 @@ from pydantic import Field, field_validator, model_validator
 
 from datagen.counterexamples.diagnose import DiagnoseConfig
 from datagen.paths import ModelRef, RecipePath
-from datagen.schema import StrictModel
+from datagen.rows import StrictModel
+from datagen.sources.shipped import RESOURCES
 
 
 MAX_CLUSTERS = 1000  # k-means with silhouette over more clusters than this is a typo, not a plan
 DEFAULT_SEVERITY = "severity"
-EXAMPLES = Path(__file__).resolve().parent.parent.parent / "pipelines" / "examples"
+EXAMPLES = RESOURCES / "pipelines" / "examples"
 EXAMPLE_FAILURES, EXAMPLE_TRAIN = EXAMPLES / "failures.jsonl", EXAMPLES / "train.jsonl"
 # What a failure is embedded as, by kind, when `embed` is not given (see signals.embed_failures).
 # Code: where output and expected differ (the failure mode), a little of the output; not the

@@ -2,7 +2,7 @@
 mistake it is, not what it is about), and the diagnoses are what gets clustered.
 
 With a capable model this is the strongest signal for failure modes. It is one model call per
-failure through datagen.backends.stage_model (greedy, one completion each); a request that fails
+failure through datagen.llm.stage_model (greedy, one completion each); a request that fails
 leaves that failure's diagnosis empty, and it is then clustered on the other components only. (The
 chains issue's LLM step contract is being built alongside; this call moves onto it once it lands.)
 """
@@ -14,9 +14,9 @@ from typing import Callable, ClassVar
 import polars as pl
 from pydantic import Field
 
-from datagen.backends import Backend, ChatRequest, make_backend
-from datagen.backends.stage_model import OneCompletionSampling, StageModel
-from datagen.schema import BackendConfig, StrictModel
+from datagen.llm import Backend, ChatRequest, make_backend
+from datagen.llm.stage_model import OneCompletionSampling, StageModel
+from datagen.rows import BackendConfig, StrictModel
 
 MAX_DIAGNOSIS_CHARS = 200
 MAX_SHOWN_CHARS = 4000  # of each of prompt, output, expected in the request
@@ -70,7 +70,7 @@ def first_line(text: str) -> str:
 def diagnose(failures: pl.DataFrame, config: DiagnoseConfig, backend_factory: Callable[[], Backend] | None = None) -> list[str | None]:
     """One diagnosis per failure row (None where the request failed or the reply was empty).
 
-    failures: the frame of datagen.counterexamples.failures.read_failures. Raises DatagenError
+    failures: the frame of datagen.sources.failures.read_failures. Raises DatagenError
     when the backend cannot start (naming input.diagnose.backend.model)."""
     factory = backend_factory or (lambda: make_backend(config.backend, config.seed))
     model = StageModel(factory, "diagnose", "input.diagnose", config.backend)

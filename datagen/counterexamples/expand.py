@@ -15,9 +15,9 @@ import polars as pl
 
 from datagen.counterexamples.plan import ClusterPlan, Plan, plan_for
 from datagen.errors import DatagenError
-from datagen.generate import prompts_frame
-from datagen.schema import SlotValue
-from datagen.templates import Template, bounded_rendering, render_prompt, slot_key
+from datagen.llm.generate import prompts_frame
+from datagen.rows import SlotValue
+from datagen.sources.templates import Template, bounded_rendering, render_prompt, slot_key
 
 if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe

@@ -11,12 +11,12 @@ import dataclasses
 import shutil
 from pathlib import Path
 
-from datagen.builders import build_output
-from datagen.builders.config import PairsConfig
+from datagen.outputs import build_output
+from datagen.outputs.config import PairsConfig
 from datagen.errors import DatagenError
 from datagen.recipe import LoadedRecipe, OutputConfig
-from datagen.run_dir import RunDir
-from datagen.writer import write_dataset
+from datagen.run.run_dir import RunDir
+from datagen.outputs.writer import write_dataset
 
 PAIRS_DIR = "pairs"
 
@@ -34,7 +34,7 @@ def correction_stage(loaded: LoadedRecipe) -> str | None:
 def write_pairs(out: Path, loaded: LoadedRecipe) -> int | None:
     """Pairs of a complete run in `out` into out/pairs (none written when there are none); None
     when the recipe verifies no corrections at all."""
-    from datagen.executor import summarize
+    from datagen.run.executor import summarize
 
     label = correction_stage(loaded)
     if label is None:

@@ -16,9 +16,9 @@ import polars as pl
 from datagen.counterexamples.allocate import allocate
 from datagen.counterexamples.clusters import Cluster, Clustering, cluster_failures, nearest, unit
 from datagen.counterexamples.config import InputConfig
-from datagen.counterexamples.failures import read_failures, read_train
+from datagen.sources.failures import read_failures, read_train
 from datagen.counterexamples.signals import code_of, component_texts, embed_failures
-from datagen.embeddings import encode, load_encoder
+from datagen.text.embeddings import encode, load_encoder
 from datagen.errors import DatagenError
 
 PLAN_CACHE_SIZE = 4
@@ -234,7 +234,7 @@ def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None
 
     checker = None
     if config.code_correction_template is not None and "code" in kinds and config.correction_share > 0:
-        from datagen.stages.verify import PythonTestsVerifier
+        from datagen.steps.verify import PythonTestsVerifier
 
         try:
             checker = PythonTestsVerifier()

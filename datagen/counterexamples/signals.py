@@ -17,7 +17,7 @@ import re
 
 import numpy as np
 
-from datagen.embeddings import encode
+from datagen.text.embeddings import encode
 
 COMPONENTS = ("prompt", "output", "expected", "changed_tokens", "changed_lines", "diagnosis")
 # Any fenced block, also one opened mid-line ("Sure! ```python"), closed or cut off at the end.
