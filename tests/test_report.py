@@ -17,7 +17,8 @@ import pytest
 
 from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
 from datagen.cli import main
-from datagen.run.executor import run_pipeline, summarize
+from datagen.run.executor import run_pipeline
+from datagen.run.stats import summarize
 from datagen.run.progress import StageProgress
 from datagen.recipe import load_recipe
 from datagen.report.html import build_report

@@ -34,7 +34,7 @@ def correction_stage(loaded: LoadedRecipe) -> str | None:
 def write_pairs(out: Path, loaded: LoadedRecipe) -> int | None:
     """Pairs of a complete run in `out` into out/pairs (none written when there are none); None
     when the recipe verifies no corrections at all."""
-    from datagen.run.executor import summarize
+    from datagen.run.stats import summarize
 
     label = correction_stage(loaded)
     if label is None:

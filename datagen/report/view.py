@@ -56,7 +56,7 @@ def load_run(out: Path) -> RunView:
     stages: list[dict[str, Any]] = []
     rows = rows_stage = None
     if manifest is not None:
-        from datagen.run.executor import summarize  # imported here: the executor imports the report
+        from datagen.run.stats import summarize
 
         entries = manifest.get("stages", {})
         labels = sorted(entries, key=lambda label: entries[label].get("index", 0))

@@ -15,15 +15,15 @@ from typing import Any, Callable, Iterator, Protocol
 
 import polars as pl
 
-from datagen.llm import Backend, make_backend
-from datagen.llm.base import Outage
+from datagen.llm import Backend
 from datagen.outputs import build_output
-from datagen.errors import DatagenError, first_line
-from datagen.llm.generate import generate_shard, prompts_frame
+from datagen.llm.generate import prompts_frame
+from datagen.run.generation import generate_locally, open_backend, run_generate
 from datagen.run.progress import StageProgress
+from datagen.run.stats import shard_stats, summarize
 from datagen.recipe import LoadedRecipe
 from datagen.report.html import write_report
-from datagen.run.run_dir import RunDir, resolved_recipe, atomic_write_parquet, content_key, file_digest, remove_stage_files
+from datagen.run.run_dir import RunDir, resolved_recipe, atomic_write_parquet, content_key, remove_stage_files
 from datagen.rows import BackendConfig
 from datagen.steps import RunStep, StageConfigBase, Step, StepContext
 from datagen.sources.templates import expand
@@ -111,27 +111,6 @@ def _with_views(stage: Step, frame: pl.DataFrame, views: dict[str, str]) -> pl.D
     return out.drop([name for name in views if name in out.columns and name != views[name]]).rename({v: k for k, v in kept.items()})
 
 
-def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: float) -> dict[str, Any]:
-    """For generate, `before` is the prompt shard: rows in are prompts, kept are candidates."""
-    generated = label == "generate"
-    alive_in = before.height if generated else int(before["keep"].sum())
-    dropped = after.filter(pl.col("dropped_by") == label)
-    reasons = dropped.group_by(f"{label}_reason").len().rows() if dropped.height else []
-    rows_in = before if generated else before.filter(pl.col("keep"))
-    counts_in = dict(rows_in.group_by("template_id").len().rows())
-    counts_kept = dict(after.filter(pl.col("keep")).group_by("template_id").len().rows())
-    stats: dict[str, Any] = {
-        "rows_in": alive_in,
-        "kept": int(after["keep"].sum()),
-        "reasons": {str(reason): int(count) for reason, count in reasons},
-        "seconds": round(seconds, 3),
-        "by_template": {t: [n, counts_kept.get(t, 0)] for t, n in sorted(counts_in.items())},
-    }
-    if generated:
-        stats["tokens"] = int(after["completion_tokens"].sum())
-    return stats
-
-
 def _progress(label: str, position: str, total: int, unit: str, progress: bool | str) -> StageProgress:
     return StageProgress(label, position, total, unit, progress)
 
@@ -145,7 +124,6 @@ def run_pipeline(
     backend_factory: Callable[[], Backend] | None = None,
     runner: "ShardRunner | None" = None,
 ) -> RunResult:
-    recipe = loaded.recipe
     runner = runner or LocalRunner()
     # What bad input can break (templates, stage files) fails here, before the output is touched.
     prompts = expand_prompts(loaded)
@@ -186,8 +164,8 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
         keys_now = {j: shard_key(manifest, labels, index, j, shards, global_input) for j in range(len(shards))}
         todo = {j: key for j, key in keys_now.items() if not run.shard_done(index, label, j, entry["shards"].get(str(j)), key)}
         if index == 0:
-            open_backend = backend_factory or partial(_open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
-            _run_generate(loaded, run, manifest, shards, todo, runner, open_backend, progress)
+            opener = backend_factory or partial(open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
+            run_generate(loaded, run, manifest, shards, todo, runner, opener, progress)
             continue
         stage = stages[index - 1]
         try:
@@ -224,50 +202,6 @@ def shard_key(manifest: dict[str, Any], labels: list[str], index: int, j: int, s
     return content_key(stage_key, *(previous.get(str(i), {}).get("digest", "missing") for i in sources))
 
 
-def _open_backend(config: BackendConfig, seed: int, source: Path) -> Backend:
-    try:
-        return make_backend(config, seed)
-    except DatagenError as err:
-        if err.source is None:
-            err.source = str(source)
-        raise
-    except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
-        raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first_line(err)}", source, "backend.model") from err
-
-
-# A column of the runner's output rows: the row's request failed for a transient reason (connection,
-# timeout, 408/429/5xx after retries), so its shard is not finished (see _run_generate).
-TRANSIENT = "_transient"
-
-
-class _Recorder:
-    """A backend as it is, that also remembers which requests of its last call failed transiently.
-    An Outage (every request failed transiently) becomes rows too: the executor records the shard
-    as unfinished and then stops the run (_run_generate), also when the shard came from a Ray worker."""
-
-    def __init__(self, backend: Backend):
-        self.backend, self.model_name, self.transient = backend, backend.model_name, []
-
-    def generate(self, requests, sampling):
-        try:
-            generations = self.backend.generate(requests, sampling)
-        except Outage as err:
-            generations = err.generations
-        self.transient = [bool(getattr(g, "transient", False)) for g in generations]
-        return generations
-
-    def close(self) -> None:
-        self.backend.close()
-
-
-def generate_candidates(prompts: pl.DataFrame, backend: Backend, sampling, sampling_seed: int, kind: str) -> pl.DataFrame:
-    """`generate_shard`'s candidate rows plus the TRANSIENT column."""
-    recorder = _Recorder(backend)
-    frame = generate_shard(prompts, recorder, sampling, sampling_seed, kind)
-    failed = [pid for pid, transient in zip(prompts["prompt_id"], recorder.transient) if transient]
-    return frame.with_columns(pl.col("prompt_id").is_in(failed).alias(TRANSIENT))
-
-
 class ShardRunner(Protocol):
     """Computes stage outputs for a list of shards, yielding each as it is done (in any order);
     the executor writes, counts and records them. LocalRunner here, RayRunner in ray_executor."""
@@ -286,20 +220,7 @@ class ShardRunner(Protocol):
 class LocalRunner:
     """One shard after another, in this process."""
 
-    def generate(self, open_backend, backend: BackendConfig, sampling_seed: int, shards):
-        if not shards:
-            return
-        loading = time.perf_counter()
-        engine = open_backend()
-        loading = time.perf_counter() - loading  # counted in the first shard's time: stage times include model loading
-        try:
-            for j, prompts in shards:
-                start = time.perf_counter()
-                frame = generate_candidates(prompts, engine, backend.sampling, sampling_seed, backend.kind)
-                yield j, frame, time.perf_counter() - start + loading
-                loading = 0.0
-        finally:
-            engine.close()
+    generate = staticmethod(generate_locally)
 
     def filter(self, stage: Step, config: StageConfigBase, sources):
         for j, source in sources:
@@ -307,66 +228,6 @@ class LocalRunner:
             before = pl.read_parquet(source)
             after = apply_stage(stage, before, config)
             yield j, before, after, time.perf_counter() - start
-
-
-def _run_generate(loaded, run: RunDir, manifest, shards, todo, runner: ShardRunner, open_backend, progress) -> None:
-    """Generate the shards in `todo`. A shard whose earlier run left prompts `pending` (their
-    requests failed for a transient reason) only sends those prompts again and adds their rows to
-    the ones it kept, so every prompt ends up in its shard exactly once."""
-    recipe = loaded.recipe
-    done = manifest["stages"]["generate"]["shards"]
-    n_stages = len(recipe.stages) + 1
-    kept: dict[int, pl.DataFrame] = {}
-    inputs = []
-    for j, key in todo.items():
-        record = done.get(str(j)) or {}
-        path = run.shard_path(0, "generate", j)
-        if record.get("key") == key and record.get("pending") and path.is_file() and file_digest(path) == record.get("digest"):
-            kept[j] = pl.read_parquet(path)
-            inputs.append((j, shards[j].filter(pl.col("prompt_id").is_in(record["pending"]))))
-        else:
-            inputs.append((j, shards[j]))
-    sizes = {j: frame.height for j, frame in inputs}
-    results = runner.generate(open_backend, recipe.backend, recipe.sampling_seed, inputs)
-    with _progress("generate", f"[1/{n_stages}]", sum(sizes.values()), "prompt", progress) as bar, closing(results):
-        for j, frame, seconds in results:
-            retry = frame.filter(pl.col(TRANSIENT))
-            frame = frame.filter(~pl.col(TRANSIENT)).drop(TRANSIENT)
-            tokens = int(frame["completion_tokens"].sum())  # generated now (a partial shard's kept rows were counted before)
-            if j in kept:
-                frame, seconds = _in_prompt_order(pl.concat([kept[j], frame], how="diagonal_relaxed"), shards[j]), seconds + done[str(j)]["seconds"]
-            if frame.height:
-                manifest["model"] = frame["model"][0]
-            digest = atomic_write_parquet(run.shard_path(0, "generate", j), frame)
-            record = shard_stats("generate", shards[j], frame, seconds) | {"key": todo[j], "digest": digest}
-            if retry.height:  # not finished: the next run sends exactly these prompts again
-                record |= {"pending": sorted(set(retry["prompt_id"])), "pending_error": retry["generate_error"][0]}
-            done[str(j)] = record
-            run.write_manifest(manifest)
-            bar.update(sizes[j], tokens=tokens)
-            if retry["prompt_id"].n_unique() == sizes[j]:  # every request failed: the server is gone
-                raise DatagenError(
-                    f"every one of {sizes[j]} requests failed ({record['pending_error']}); rerun the same command to resume",
-                    recipe.backend.base_url or loaded.path,
-                    "backend.base_url" if recipe.backend.base_url else "backend",
-                )
-    pending = {j: record for j, record in done.items() if record.get("pending")}
-    if pending:
-        count = sum(len(record["pending"]) for record in pending.values())
-        first = pending[min(pending, key=int)]["pending_error"]
-        raise DatagenError(
-            f"{count} prompt(s) in {len(pending)} shard(s) failed for a transient reason ({first}); "
-            "rerun the same command to send exactly those again",
-            recipe.backend.base_url or loaded.path,
-            "backend",
-        )
-
-
-def _in_prompt_order(frame: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
-    """Rows grouped by prompt in the shard's prompt order, samples in their order within a prompt."""
-    position = {pid: i for i, pid in enumerate(prompts["prompt_id"])}
-    order = pl.col("prompt_id").replace_strict(position, return_dtype=pl.Int64)
-    return frame.with_columns(order.alias("_position")).sort(["_position", "sample_index"], maintain_order=True).drop("_position")
 
 
 def _run_filter(stage: Step, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress, runner: ShardRunner) -> None:
@@ -399,34 +260,3 @@ def _run_filter(stage: Step, config: StageConfigBase, index: int, labels: list[s
 def _viewed_lazy(outputs: pl.LazyFrame, views: dict[str, str]) -> pl.LazyFrame:
     moved = {name: source for name, source in views.items() if name != source}
     return outputs.with_columns(pl.col(source).alias(name) for name, source in moved.items()) if moved else outputs
-
-
-def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
-    """Totals per stage across shards, in pipeline order."""
-    summary = []
-    for label in labels:
-        shards = manifest["stages"][label]["shards"].values()
-        reasons: dict[str, int] = {}
-        for s in shards:
-            for reason, count in s["reasons"].items():
-                reasons[reason] = reasons.get(reason, 0) + count
-        by_template: dict[str, list[int]] = {}
-        for s in shards:
-            for template, (n_in, n_kept) in s.get("by_template", {}).items():
-                total = by_template.setdefault(template, [0, 0])
-                total[0] += n_in
-                total[1] += n_kept
-        entry = {
-            "stage": label,
-            "by_template": by_template,
-            "rows_in": sum(s["rows_in"] for s in shards),
-            "kept": sum(s["kept"] for s in shards),
-            "dropped": reasons,
-            "seconds": round(sum(s["seconds"] for s in shards), 3),
-        }
-        if "summary" in manifest["stages"][label]:
-            entry["summary"] = manifest["stages"][label]["summary"]
-        if label == "generate":
-            entry["tokens"] = sum(s.get("tokens", 0) for s in shards)
-        summary.append(entry)
-    return summary

@@ -33,7 +33,8 @@ import polars as pl
 
 from datagen.llm import Backend
 from datagen.errors import DatagenError, first_line
-from datagen.run.executor import RunResult, apply_stage, generate_candidates, run_pipeline
+from datagen.run.executor import RunResult, apply_stage, run_pipeline
+from datagen.run.generation import generate_candidates
 from datagen.recipe import LoadedRecipe
 from datagen.rows import BackendConfig, SamplingConfig
 from datagen.steps import RunStep, StageConfigBase, Step

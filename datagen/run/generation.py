@@ -1,0 +1,146 @@
+"""The generation step: prompt shards -> candidate rows from one engine, each shard written and
+recorded as soon as it is done. A shard whose requests failed for a transient reason stays pending
+and a rerun sends exactly those prompts again."""
+
+from __future__ import annotations
+
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+import polars as pl
+
+from datagen.errors import DatagenError, first_line
+from datagen.llm import Backend, make_backend
+from datagen.llm.base import Outage
+from datagen.llm.generate import generate_shard
+from datagen.rows import BackendConfig
+from datagen.run.progress import StageProgress
+from datagen.run.run_dir import RunDir, atomic_write_parquet, file_digest
+from datagen.run.stats import shard_stats
+
+if TYPE_CHECKING:
+    from datagen.run.executor import ShardRunner
+
+
+def open_backend(config: BackendConfig, seed: int, source: Path) -> Backend:
+    try:
+        return make_backend(config, seed)
+    except DatagenError as err:
+        if err.source is None:
+            err.source = str(source)
+        raise
+    except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line
+        raise DatagenError(f"cannot start the {config.kind} backend for {config.model!r}: {first_line(err)}", source, "backend.model") from err
+
+
+# A column of the runner's output rows: the row's request failed for a transient reason (connection,
+# timeout, 408/429/5xx after retries), so its shard is not finished (see _run_generate).
+TRANSIENT = "_transient"
+
+
+class _Recorder:
+    """A backend as it is, that also remembers which requests of its last call failed transiently.
+    An Outage (every request failed transiently) becomes rows too: the executor records the shard
+    as unfinished and then stops the run (_run_generate), also when the shard came from a Ray worker."""
+
+    def __init__(self, backend: Backend):
+        self.backend, self.model_name, self.transient = backend, backend.model_name, []
+
+    def generate(self, requests, sampling):
+        try:
+            generations = self.backend.generate(requests, sampling)
+        except Outage as err:
+            generations = err.generations
+        self.transient = [bool(getattr(g, "transient", False)) for g in generations]
+        return generations
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def generate_candidates(prompts: pl.DataFrame, backend: Backend, sampling, sampling_seed: int, kind: str) -> pl.DataFrame:
+    """`generate_shard`'s candidate rows plus the TRANSIENT column."""
+    recorder = _Recorder(backend)
+    frame = generate_shard(prompts, recorder, sampling, sampling_seed, kind)
+    failed = [pid for pid, transient in zip(prompts["prompt_id"], recorder.transient) if transient]
+    return frame.with_columns(pl.col("prompt_id").is_in(failed).alias(TRANSIENT))
+
+
+def generate_locally(open_backend: Callable[[], Backend], backend: BackendConfig, sampling_seed: int, shards: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, pl.DataFrame, float]]:
+    """LocalRunner.generate: one engine, the shards one after another in this process."""
+    if not shards:
+        return
+    loading = time.perf_counter()
+    engine = open_backend()
+    loading = time.perf_counter() - loading  # counted in the first shard's time: stage times include model loading
+    try:
+        for j, prompts in shards:
+            start = time.perf_counter()
+            frame = generate_candidates(prompts, engine, backend.sampling, sampling_seed, backend.kind)
+            yield j, frame, time.perf_counter() - start + loading
+            loading = 0.0
+    finally:
+        engine.close()
+
+
+
+def run_generate(loaded, run: RunDir, manifest, shards, todo, runner: "ShardRunner", open_backend, progress) -> None:
+    """Generate the shards in `todo`. A shard whose earlier run left prompts `pending` (their
+    requests failed for a transient reason) only sends those prompts again and adds their rows to
+    the ones it kept, so every prompt ends up in its shard exactly once."""
+    recipe = loaded.recipe
+    done = manifest["stages"]["generate"]["shards"]
+    n_stages = len(recipe.stages) + 1
+    kept: dict[int, pl.DataFrame] = {}
+    inputs = []
+    for j, key in todo.items():
+        record = done.get(str(j)) or {}
+        path = run.shard_path(0, "generate", j)
+        if record.get("key") == key and record.get("pending") and path.is_file() and file_digest(path) == record.get("digest"):
+            kept[j] = pl.read_parquet(path)
+            inputs.append((j, shards[j].filter(pl.col("prompt_id").is_in(record["pending"]))))
+        else:
+            inputs.append((j, shards[j]))
+    sizes = {j: frame.height for j, frame in inputs}
+    results = runner.generate(open_backend, recipe.backend, recipe.sampling_seed, inputs)
+    with StageProgress("generate", f"[1/{n_stages}]", sum(sizes.values()), "prompt", progress) as bar, closing(results):
+        for j, frame, seconds in results:
+            retry = frame.filter(pl.col(TRANSIENT))
+            frame = frame.filter(~pl.col(TRANSIENT)).drop(TRANSIENT)
+            tokens = int(frame["completion_tokens"].sum())  # generated now (a partial shard's kept rows were counted before)
+            if j in kept:
+                frame, seconds = in_prompt_order(pl.concat([kept[j], frame], how="diagonal_relaxed"), shards[j]), seconds + done[str(j)]["seconds"]
+            if frame.height:
+                manifest["model"] = frame["model"][0]
+            digest = atomic_write_parquet(run.shard_path(0, "generate", j), frame)
+            record = shard_stats("generate", shards[j], frame, seconds) | {"key": todo[j], "digest": digest}
+            if retry.height:  # not finished: the next run sends exactly these prompts again
+                record |= {"pending": sorted(set(retry["prompt_id"])), "pending_error": retry["generate_error"][0]}
+            done[str(j)] = record
+            run.write_manifest(manifest)
+            bar.update(sizes[j], tokens=tokens)
+            if retry["prompt_id"].n_unique() == sizes[j]:  # every request failed: the server is gone
+                raise DatagenError(
+                    f"every one of {sizes[j]} requests failed ({record['pending_error']}); rerun the same command to resume",
+                    recipe.backend.base_url or loaded.path,
+                    "backend.base_url" if recipe.backend.base_url else "backend",
+                )
+    pending = {j: record for j, record in done.items() if record.get("pending")}
+    if pending:
+        count = sum(len(record["pending"]) for record in pending.values())
+        first = pending[min(pending, key=int)]["pending_error"]
+        raise DatagenError(
+            f"{count} prompt(s) in {len(pending)} shard(s) failed for a transient reason ({first}); "
+            "rerun the same command to send exactly those again",
+            recipe.backend.base_url or loaded.path,
+            "backend",
+        )
+
+
+def in_prompt_order(frame: pl.DataFrame, prompts: pl.DataFrame) -> pl.DataFrame:
+    """Rows grouped by prompt in the shard's prompt order, samples in their order within a prompt."""
+    position = {pid: i for i, pid in enumerate(prompts["prompt_id"])}
+    order = pl.col("prompt_id").replace_strict(position, return_dtype=pl.Int64)
+    return frame.with_columns(order.alias("_position")).sort(["_position", "sample_index"], maintain_order=True).drop("_position")

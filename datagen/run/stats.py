@@ -1,0 +1,60 @@
+"""Figures of a run recorded in its manifest: per shard of a step (rows in, kept, reasons, seconds)
+and their totals per step, in pipeline order."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+
+
+def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: float) -> dict[str, Any]:
+    """For generate, `before` is the prompt shard: rows in are prompts, kept are candidates."""
+    generated = label == "generate"
+    alive_in = before.height if generated else int(before["keep"].sum())
+    dropped = after.filter(pl.col("dropped_by") == label)
+    reasons = dropped.group_by(f"{label}_reason").len().rows() if dropped.height else []
+    rows_in = before if generated else before.filter(pl.col("keep"))
+    counts_in = dict(rows_in.group_by("template_id").len().rows())
+    counts_kept = dict(after.filter(pl.col("keep")).group_by("template_id").len().rows())
+    stats: dict[str, Any] = {
+        "rows_in": alive_in,
+        "kept": int(after["keep"].sum()),
+        "reasons": {str(reason): int(count) for reason, count in reasons},
+        "seconds": round(seconds, 3),
+        "by_template": {t: [n, counts_kept.get(t, 0)] for t, n in sorted(counts_in.items())},
+    }
+    if generated:
+        stats["tokens"] = int(after["completion_tokens"].sum())
+    return stats
+
+
+def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
+    """Totals per stage across shards, in pipeline order."""
+    summary = []
+    for label in labels:
+        shards = manifest["stages"][label]["shards"].values()
+        reasons: dict[str, int] = {}
+        for s in shards:
+            for reason, count in s["reasons"].items():
+                reasons[reason] = reasons.get(reason, 0) + count
+        by_template: dict[str, list[int]] = {}
+        for s in shards:
+            for template, (n_in, n_kept) in s.get("by_template", {}).items():
+                total = by_template.setdefault(template, [0, 0])
+                total[0] += n_in
+                total[1] += n_kept
+        entry = {
+            "stage": label,
+            "by_template": by_template,
+            "rows_in": sum(s["rows_in"] for s in shards),
+            "kept": sum(s["kept"] for s in shards),
+            "dropped": reasons,
+            "seconds": round(sum(s["seconds"] for s in shards), 3),
+        }
+        if "summary" in manifest["stages"][label]:
+            entry["summary"] = manifest["stages"][label]["summary"]
+        if label == "generate":
+            entry["tokens"] = sum(s.get("tokens", 0) for s in shards)
+        summary.append(entry)
+    return summary
