@@ -35,10 +35,21 @@ class TemplateUse(StrictModel):
     count: int | None = Field(None, ge=1, le=MAX_COUNT, description="prompts to draw; all combinations in product mode when unset")
 
 
+class Price(StrictModel):
+    """USD per million tokens: `input` (prompt) and `output` (completion)."""
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+
+
 class OutputConfig(StrictModel):
     dir: RecipePath | None = None
     format: Literal["sft", "prompt_completion", "dpo", "counterexamples"] = "sft"
     pairs: PairsConfig | None = Field(None, description="format dpo: how chosen/rejected pairs are built (default: strategy verified)")
+    # Run to a target (datagen/run/target.py); neither enters a resume key, so raising them continues the run.
+    target_rows: int | None = Field(None, ge=1, le=MAX_COUNT * 1024, description="stop as soon as this many output rows are kept; write exactly these")
+    max_candidates: int | None = Field(None, ge=1, le=MAX_COUNT * 1024, description="with target_rows: the most candidates generation may make")
+    prices: dict[str, Price] = Field(default_factory=dict, description="per model (as the recipe names it): USD per million tokens in/out, for the cost lines")
 
     @model_validator(mode="after")
     def _pairs_for_dpo(self) -> "OutputConfig":
@@ -46,6 +57,10 @@ class OutputConfig(StrictModel):
             self.pairs = PairsConfig()
         elif self.format != "dpo" and self.pairs is not None:
             raise ValueError("pairs only applies to format: dpo")
+        if self.max_candidates is not None and self.target_rows is None:
+            raise ValueError("max_candidates is the budget of a target run: set target_rows too")
+        if self.target_rows is not None and self.format == "counterexamples":
+            raise ValueError("target_rows: a counterexample run's size is its budget, not a target")
         return self
 
 
