@@ -103,6 +103,7 @@ class ConverseStep(ModelStep):
         turns = [[m for m in row["messages"] if m["role"] != "system"] + [{"role": "assistant", "content": row["completion"] or ""}] for row in rows]
         errors: list[str | None] = [s.error for s in systems]
         tokens = [0] * len(rows)
+        prompt_tokens = [0] * len(rows)  # every request's prompt, both roles, all turns
         last = [None] * len(rows)
         for turn in range(2, c.turns + 1):
             for role in ("user", "assistant"):
@@ -117,6 +118,7 @@ class ConverseStep(ModelStep):
                         errors[i] = generation.error or f"empty {role} message at turn {turn}"
                         continue
                     completion = generation.completions[0]
+                    prompt_tokens[i] += generation.prompt_tokens
                     turns[i].append({"role": role, "content": completion.text.strip()})
                     tokens[i] += completion.completion_tokens
                     last[i] = completion
@@ -138,6 +140,8 @@ class ConverseStep(ModelStep):
             pl.Series(f"{L}_error", errors, dtype=pl.String),
             pl.Series(f"{L}_turns", count, dtype=pl.Int64),
             pl.Series(f"{L}_tokens", tokens, dtype=pl.Int64),
+            pl.Series(f"{L}_prompt_tokens", prompt_tokens, dtype=pl.Int64),
+            pl.Series(f"{L}_completion_tokens", tokens, dtype=pl.Int64),
         )
 
     def close(self) -> None:

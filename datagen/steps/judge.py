@@ -301,8 +301,9 @@ class JudgeStage(Step):
         requests = [self._request(row["candidate_id"], row, [("response", row["completion"] or "")]) for row in rows]
         names = [c.name for c in self.rubric.criteria]
         scores: dict[str, list[int | None]] = {name: [] for name in names}
-        overall, rationales, errors, keeps, reasons = [], [], [], [], []
+        overall, rationales, errors, keeps, reasons, used = [], [], [], [], [], []
         for row, generation in zip(rows, self._ask(requests)):
+            used.append((generation.prompt_tokens, sum(c.completion_tokens for c in generation.completions)))  # 0 for a cached verdict
             responses = [("response", row["completion"] or "")]
             verdict, error = self._read(generation, [row["completion"] or ""], self._code(row, responses), render_conversation(row["messages"]))
             values = verdict.model_dump(by_alias=True) if verdict is not None else {}
@@ -331,6 +332,8 @@ class JudgeStage(Step):
             "error": (errors, pl.String),
             "keep": (keeps, pl.Boolean),
             "reason": (reasons, pl.String),
+            "prompt_tokens": ([p for p, _ in used], pl.Int64),
+            "completion_tokens": ([c for _, c in used], pl.Int64),
         }
 
     def _pairs(self, prompt_id: str, members: list[int]) -> list[tuple[int, int]]:
@@ -356,6 +359,11 @@ class JudgeStage(Step):
         # Every pair in both orders, all in one call: a verdict that flips with the order is a tie.
         generations = self._ask([r for i, j in pairs for r in (request(i, j), request(j, i))])
         comparisons: list[list[dict[str, Any]]] = [[] for _ in rows]
+        used = [[0, 0] for _ in rows]  # tokens of the requests made for each row (request (a, b) is a's)
+        for (i, j), forward, backward in zip(pairs, generations[0::2], generations[1::2]):
+            for me, generation in ((i, forward), (j, backward)):
+                used[me][0] += generation.prompt_tokens
+                used[me][1] += sum(c.completion_tokens for c in generation.completions)
         first_error: list[str | None] = [None] * len(rows)
         for k, (i, j) in enumerate(pairs):
             texts = [rows[i]["completion"] or "", rows[j]["completion"] or ""]
@@ -401,6 +409,8 @@ class JudgeStage(Step):
             "error": (first_error, pl.String),
             "keep": (keeps, pl.Boolean),
             "reason": (reasons, pl.String),
+            "prompt_tokens": ([p for p, _ in used], pl.Int64),
+            "completion_tokens": ([c for _, c in used], pl.Int64),
         }
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:

@@ -303,11 +303,14 @@ class LlmStep(ModelStep):
                 reason = "render_error" if generation is None else "generate_error"
                 error = rendered[q].error if generation is None else generation.error
                 messages = rendered[q].messages or []
-                children.append(base | self._child(parent, first, messages, None, "error", 0, 0) | {f"{L}_keep": False, f"{L}_reason": reason, f"{L}_error": error})
+                children.append(base | self._child(parent, first, messages, None, "error", 0, 0) | {f"{L}_keep": False, f"{L}_reason": reason, f"{L}_error": error}
+                                | {f"{L}_prompt_tokens": 0, f"{L}_completion_tokens": 0})
                 continue
             for s, completion in enumerate(generation.completions):
                 child = base | self._child(parent, first + s, rendered[q].messages, completion.text, completion.finish_reason, generation.prompt_tokens, completion.completion_tokens)
                 child |= {f"{L}_keep": True, f"{L}_reason": None, f"{L}_error": None}
+                # the request's prompt counted once, on its first child, so the column sums to what was sent
+                child |= {f"{L}_prompt_tokens": generation.prompt_tokens if s == 0 else 0, f"{L}_completion_tokens": completion.completion_tokens}
                 if c.parser is not None:
                     try:
                         child |= c.parser.parse(completion.text)
@@ -319,6 +322,7 @@ class LlmStep(ModelStep):
             "parent_id": pl.String, "group_id": pl.String, "lineage": pl.List(pl.String), "step": pl.String,
             "generate_completion": pl.String, f"{L}_completion": pl.String,
             f"{L}_keep": pl.Boolean, f"{L}_reason": pl.String, f"{L}_error": pl.String,
+            f"{L}_prompt_tokens": pl.Int64, f"{L}_completion_tokens": pl.Int64,
         } | {name: pl.String for name in [*parsed_columns, *varied]}
         for row in children:
             row[f"{L}_completion"] = row["completion"]

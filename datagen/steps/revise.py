@@ -153,6 +153,7 @@ class ReviseStage(Step):
         critique_sampling = self.config.sampling.model_copy(update={"max_tokens": self.config.critique_max_tokens})
         asked = self.model.ask([ChatRequest(messages=m, seed=request_seed(self.config.seed, f"{c}:critique")) for m, c in zip(critique_turns, ids)], critique_sampling)
         critiques = [self._text(g, "critique", cut_is_error=False) for g in asked]
+        used = [[g.prompt_tokens, sum(c.completion_tokens for c in g.completions)] for g in asked]
 
         # Only candidates with a critique go on to the revision turn, all in one call.
         todo = [i for i, (text, _) in enumerate(critiques) if text is not None]
@@ -166,6 +167,8 @@ class ReviseStage(Step):
         asked = self.model.ask([ChatRequest(messages=m, seed=request_seed(self.config.seed, f"{ids[i]}:revision")) for m, i in zip(revision_turns, todo)], self.config.sampling)
         revisions: list[tuple[str | None, str | None]] = [(None, None)] * len(rows)
         for i, generation in zip(todo, asked):
+            used[i][0] += generation.prompt_tokens
+            used[i][1] += sum(c.completion_tokens for c in generation.completions)
             text, error = self._text(generation, "revision", cut_is_error=True)
             problem = revision_problem(text, critiques[i][0], rows[i]["completion"]) if text is not None else None
             if problem is not None:  # seen with small models: commentary, the critique again, a loop
@@ -182,6 +185,8 @@ class ReviseStage(Step):
             pl.Series(f"{label}_error", errors, dtype=pl.String),
             pl.Series(f"{label}_keep", keep, dtype=pl.Boolean),
             pl.Series(f"{label}_reason", [None if k else "revise_error" for k in keep], dtype=pl.String),
+            pl.Series(f"{label}_prompt_tokens", [p for p, _ in used], dtype=pl.Int64),
+            pl.Series(f"{label}_completion_tokens", [c for _, c in used], dtype=pl.Int64),
         )
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
