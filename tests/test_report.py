@@ -187,15 +187,15 @@ def test_sections_appear_with_dpo_pairs_and_counterexample_clusters(cli_run, dpo
     assert "chosen vs rejected" in html and f"{longer:.1%} of pairs" in html
     assert f"{pairs.height} (dpo): pairs from {manifest['output']['prompts_with_pairs']} of {manifest['output']['prompts']} prompts" in html
 
-    # Counterexample clusters, in the shape the report reads from any stage summary or the manifest
+    # Counterexample clusters: the counterexample step's section, found by the step's kind
     clusters = [{"cluster": "c0", "size": 12, "budget": 30, "severity": 0.9}, {"cluster": "c1", "size": 5, "budget": 8, "severity": 0.4}]
     stages = [dict(s) for s in view.stages]
-    stages[-1]["summary"] = {"clusters": clusters}
+    stages[-1] |= {"kind": "counterexample", "summary": {"clusters": clusters}}
     html = build_report(dataclasses.replace(view, stages=stages))
     assert "clusters" in _sections(html) and "other" not in _sections(html)
     assert "c0 \u2014 size: 12" in html and "c0 \u2014 budget: 30" in html and "c1 \u2014 budget: 8" in html
 
-    stages[-1]["summary"] = {"new_figure": "<i>42</i>"}  # a stage kind the report does not know yet
+    stages[-1] |= {"kind": "novel", "summary": {"new_figure": "<i>42</i>"}}  # a step kind without a section of its own
     html = build_report(dataclasses.replace(view, stages=stages))
     assert "other" in _sections(html) and "&lt;i&gt;42&lt;/i&gt;" in html
 

@@ -14,7 +14,8 @@ import yaml
 
 from datagen.run.run_dir import atomic_write_bytes
 from datagen.report.view import explain_no_pair
-from datagen.report.trust import card_lines, kept_errors
+from datagen.report.sections import kept_errors, with_summary
+from datagen.report.trust import card_lines
 
 if TYPE_CHECKING:
     from datagen.recipe import LoadedRecipe
@@ -124,9 +125,8 @@ def dataset_card(
         for t in templates_seen:
             cells = [f"{s['by_template'][t][1]} / {s['by_template'][t][0]}" if t in s["by_template"] else "-" for s in stage_stats]
             lines.append(f"| {t} | " + " | ".join(cells) + " |")
-    summaries = [s for s in stage_stats if s.get("summary")]
-    for s in summaries:
-        lines += ["", f"### {s['stage']}", "", "```yaml", yaml.safe_dump(s["summary"], sort_keys=False).rstrip(), "```"]
+    for stage, section in with_summary(stage_stats):
+        lines += section.card_lines(stage["stage"], stage["summary"])
     lines += card_lines(stage_stats, output_stats)
     if output_stats and output_stats.get("format") == "dpo":
         lines += pairs_section(output_stats)

@@ -17,10 +17,13 @@ import numpy as np
 import polars as pl
 
 from datagen.report import plots
+from datagen.report.sections import kept_errors, with_summary
+from datagen.report.sections.base import KEPT_DROPPED
+from datagen.report.sections.base import edge_labels as _edge_labels, figure as _figure, figures as _figures, histogram as _histogram
+from datagen.report.sections.base import plot_row as _plots, table as _table
+from datagen.report.trust import trust
+from datagen.report.view import RunView, card_funnel, explain_no_pair, key_figures, load_run, percent, text_of
 from datagen.run.run_dir import RUN_SUBDIR, atomic_write_bytes
-from datagen.report.trust import kept_errors, trust
-from datagen.report.view import explain_no_pair
-from datagen.report.view import RunView, card_funnel, key_figures, load_run, percent, summaries, summary_kind, text_of
 
 REPORT_FILE = "report.html"
 SAMPLES_PER_REASON = 2
@@ -28,9 +31,7 @@ SAMPLES_KEPT = 2
 SAMPLE_PAIRS = 4
 EXCERPT_CHARS = 140
 TEXT_CHARS = 2000
-PASS_RATE_BINS = ["0", "0-25%", "25-50%", "50-75%", "75-<100%", "100%"]
 REASON_COLOURS = [c for c in plots.PALETTE if c != plots.KEPT_COLOUR]
-KEPT_DROPPED = {"kept": plots.KEPT_COLOUR, "dropped": "#D55E00"}
 
 
 def write_report(out: Path) -> Path | None:
@@ -47,18 +48,16 @@ def write_report(out: Path) -> Path | None:
 
 
 def build_report(view: RunView) -> str:
+    """The page: the run's own sections (overview, trust, funnel, output), then one section per
+    step section key (datagen.report.sections) in the order the steps first appear, the generic
+    one last, then lengths and samples."""
     sections = [
         ("overview", "Overview", _overview(view)),
         ("trust", "Trust: model steps", _trust(view)),
         ("funnel", "Rows through the stages", _funnel(view)),
         ("output", "Output rows", _output(view)),
-        ("judge", "Judge scores", _judge(view)),
-        ("verify", "Verifier pass rates", _verify(view)),
-        ("vote", "Self-consistency (voted prompts)", _vote(view)),
+        *_step_sections(view),
         ("lengths", "Lengths", _lengths(view)),
-        ("diversity", "Diversity and collapse", _diversity(view)),
-        ("clusters", "Counterexample clusters", _clusters(view)),
-        ("other", "Other stage figures", _other(view)),
         ("samples", "Sample rows", _samples(view)),
         ("pairs", "Sample pairs", _pairs(view)),
     ]
@@ -94,43 +93,23 @@ details.row{border-bottom:1px solid #eee;padding:3px 0}details.row summary{curso
 """
 
 
-# ---- small builders -------------------------------------------------------------------------
-
-def _figures(pairs: list[tuple[str, Any]]) -> str:
-    items = "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(str(v))}</dd>" for k, v in pairs)
-    return f'<dl class="figures">{items}</dl>'
-
-
-def _figure(caption: str, svg: str) -> str:
-    return f"<figure><figcaption>{escape(caption)}</figcaption>{svg}</figure>"
-
-
-def _plots(*figures: str) -> str:
-    return '<div class="plots">' + "".join(f for f in figures if f) + "</div>"
-
-
-def _table(header: list[str], rows: list[list[Any]], numeric: set[int] = frozenset()) -> str:
-    head = "".join(f'<th class="num">{escape(h)}</th>' if i in numeric else f"<th>{escape(h)}</th>" for i, h in enumerate(header))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="num">{escape(str(c))}</td>' if i in numeric else f"<td>{escape(str(c))}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows
-    )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
 def _columns(view: RunView) -> set[str]:
     return set(view.columns(view.rows))
 
 
-def _histogram(values: np.ndarray, edges: np.ndarray) -> list[float]:
-    return [float(c) for c in np.histogram(values, bins=edges)[0]]
-
-
-def _edge_labels(edges: np.ndarray, digits: int) -> list[str]:
-    return [f"{a:.{digits}f}-{b:.{digits}f}" for a, b in zip(edges[:-1], edges[1:])]
-
-
 # ---- sections -------------------------------------------------------------------------------
+
+def _step_sections(view: RunView) -> list[tuple[str, str, str]]:
+    """(key, title, html) per section key, each step's part asked of its kind's section."""
+    parts: dict[str, tuple[str, list[str]]] = {}
+    for stage, section in with_summary(view.stages):
+        html = section.html(stage["stage"], stage["summary"], view)
+        if html:
+            parts.setdefault(section.key, (section.title, []))[1].append(html)
+    other = parts.pop("other", None)
+    ordered = [(key, title, "".join(html)) for key, (title, html) in parts.items()]
+    return ordered + ([("other", other[0], "".join(other[1]))] if other else [])
+
 
 def _overview(view: RunView) -> str:
     return _figures(key_figures(view))
@@ -233,86 +212,6 @@ def _output(view: RunView) -> str:
     return html
 
 
-def _judge(view: RunView) -> str:
-    parts = []
-    columns = _columns(view)
-    for label, s in summaries(view, "judge"):
-        parts.append(f"<h3>{escape(label)} (rubric {escape(str(s.get('rubric')))}, {escape(s['mode'])})</h3>")
-        if s["mode"] == "pairwise":
-            parts.append(_figures([(k, v) for k, v in s.items() if not isinstance(v, (dict, list))]))
-            continue
-        criteria = s.get("criteria") or {}
-        scale = sorted({int(k) for c in criteria.values() for k in (c.get("histogram") or {})})
-        figures = []
-        if criteria and scale:
-            series = {name: [float((c.get("histogram") or {}).get(str(k), 0)) for k in scale] for name, c in criteria.items()}
-            figures.append(_figure("rows per score, per criterion", plots.grouped_bars(f"{label} criteria", [str(k) for k in scale], series)))
-        score = f"{label}_score"
-        if view.rows is not None and score in columns:
-            scored = view.rows.filter(pl.col(score).is_not_null()).select(score, pl.col(f"{label}_keep")).collect()
-            if scored.height:
-                lo, hi = (min(scale), max(scale)) if scale else (float(scored[score].min()), float(scored[score].max()) + 1e-9)
-                edges = np.linspace(lo, hi, int(2 * (hi - lo)) + 1) if scale else np.linspace(lo, hi, 9)
-                series = {
-                    "kept": _histogram(scored.filter(pl.col(f"{label}_keep"))[score].to_numpy(), edges),
-                    "dropped": _histogram(scored.filter(~pl.col(f"{label}_keep"))[score].to_numpy(), edges),
-                }
-                figures.append(_figure(f"overall score ({score}), kept vs dropped", plots.grouped_bars(f"{label} score", _edge_labels(edges, 1), series, colours=KEPT_DROPPED)))
-        parts.append(_plots(*figures))
-        parts.append(_figures([("judged", s.get("judged")), ("mean score", s.get("score_mean")), ("verdicts without a score (errors)", f"{s.get('errors')} ({percent(s.get('error_rate'))})"),
-                                 ("of which degenerate (loops, parroting)", s.get("degenerate", "-"))]))
-    return "".join(parts)
-
-
-def _verify(view: RunView) -> str:
-    parts = []
-    columns = _columns(view)
-    for label, s in summaries(view, "verify"):
-        parts.append(f"<h3>{escape(label)}</h3>")
-        by_template = s.get("by_template") or {}
-        figures = []
-        if by_template:
-            names = sorted(by_template)
-            svg = plots.grouped_bars(f"{label} pass rate per template", names, {"pass rate": [by_template[t].get("keep_rate") for t in names]}, max_value=1, percent=True)
-            figures.append(_figure("share of rows that passed, per template", svg))
-        keep = f"{label}_keep"
-        if view.rows is not None and keep in columns:
-            per_prompt = (
-                view.rows.filter(pl.col(keep).is_not_null())
-                .group_by("template_id", "prompt_id")
-                .agg(pl.col(keep).cast(pl.Float64).mean().alias("rate"))
-                .collect()
-            )
-            if per_prompt.height:
-                series = {}
-                for (template,), frame in sorted(per_prompt.group_by("template_id"), key=lambda g: str(g[0][0])):
-                    rates = frame["rate"].to_numpy()
-                    middle = np.histogram(rates[(rates > 0) & (rates < 1)], bins=[0, 0.25, 0.5, 0.75, 1])[0]
-                    series[str(template)] = [float((rates == 0).sum()), *map(float, middle), float((rates == 1).sum())]
-                figures.append(_figure("prompts by the share of their samples that passed", plots.grouped_bars(f"{label} pass rate per prompt", PASS_RATE_BINS, series)))
-        parts.append(_plots(*figures))
-        by_verifier = s.get("by_verifier") or {}
-        rows = [[k, v.get("verified"), v.get("passed"), percent(v.get("keep_rate")), f"{v.get('prompts_with_a_pass')}/{v.get('prompts')}",
-                 ", ".join(f"{r}: {c}" for r, c in (v.get("reasons") or {}).items()) or "-"] for k, v in sorted(by_verifier.items())]
-        if rows:
-            parts.append(_table(["verifier", "verified", "passed", "pass rate", "prompts with a pass", "failures"], rows, {1, 2, 3, 4}))
-    return "".join(parts)
-
-
-def _vote(view: RunView) -> str:
-    parts = []
-    for label, s in summaries(view, "vote"):
-        parts.append(f"<h3>{escape(label)}</h3>")
-        pass_at = s.get("pass_at_k") or {}
-        agreement = s.get("agreement_histogram") or {}
-        parts.append(_plots(
-            _figure("pass@k over prompts with a reference", plots.grouped_bars(f"{label} pass@k", list(pass_at), {"pass@k": list(pass_at.values())}, max_value=1, percent=True)) if pass_at else "",
-            _figure("prompts by agreement with the majority answer", plots.grouped_bars(f"{label} agreement", list(agreement), {"prompts": [float(v) for v in agreement.values()]})) if agreement else "",
-        ))
-        parts.append(_figures([(k.replace("_", " "), v) for k, v in s.items() if not isinstance(v, (dict, list))]))
-    return "".join(parts)
-
-
 def _length_series(column: str, dtype: pl.DataType) -> pl.Expr:
     if dtype == pl.String:
         return pl.col(column).str.len_chars()
@@ -353,66 +252,6 @@ def _lengths(view: RunView) -> str:
                 ("chosen longer than rejected", f"{longer:.1%} of pairs (far from 50% hints at a length bias)"),
             ]))
     return _plots(*figures) + "".join(notes) if figures or notes else ""
-
-
-def _diversity(view: RunView) -> str:
-    parts = []
-    rates = ["collapse_rate", "near_duplicate_rate", "repeated_prefix_rate"]
-    for label, s in summaries(view, "collapse"):
-        parts.append(f"<h3>{escape(label)}</h3>")
-        parts.append(_figures([(k.replace("_", " "), v) for k, v in s.items() if not isinstance(v, (dict, list))]))
-        for group in ("template", "persona"):
-            stats = s.get(f"by_{group}") or {}
-            if not stats:
-                continue
-            names = sorted(stats)
-            series = {r.replace("_", " "): [stats[n].get(r) for n in names] for r in rates if any(r in stats[n] for n in names)}
-            svg = plots.grouped_bars(f"{label} per {group}", names, series, max_value=1, percent=True)
-            keys = sorted({k for n in names for k in stats[n]})
-            table = _table([group, *keys], [[n, *("-" if stats[n].get(k) is None else stats[n][k] for k in keys)] for n in names], set(range(1, len(keys) + 1)))
-            parts.append(_plots(_figure(f"collapse per {group}", svg)) + table)
-    return "".join(parts)
-
-
-def _cluster_list(value: Any) -> list[dict[str, Any]] | None:
-    items = list(value.values()) if isinstance(value, dict) else value
-    if isinstance(items, list) and items and all(isinstance(i, dict) and isinstance(i.get("size"), (int, float)) for i in items):
-        if isinstance(value, dict):
-            items = [{"cluster": k} | v for k, v in value.items()]
-        return items
-    return None
-
-
-def _clusters(view: RunView) -> str:
-    """Counterexample clusters wherever a stage summary or the manifest lists them: a `clusters`
-    entry holding dicts with a `size` (and a `budget`), as a list or keyed by cluster id."""
-    sources = [(s["stage"], s.get("summary")) for s in view.stages] + [(k, v) for k, v in (view.manifest or {}).items() if isinstance(v, dict)]
-    parts = []
-    for name, holder in sources:
-        clusters = _cluster_list(holder.get("clusters")) if isinstance(holder, dict) else None
-        if not clusters:
-            continue
-        clusters = sorted(clusters, key=lambda c: -c["size"])
-        shown = clusters[:40]
-        labels = [str(c.get("label") or c.get("name") or c.get("cluster") or c.get("id") or i) for i, c in enumerate(shown)]
-        series = {"size": [float(c["size"]) for c in shown]}
-        if any("budget" in c for c in shown):
-            series["budget"] = [float(c.get("budget") or 0) for c in shown]
-        keys = sorted({k for c in clusters for k in c if not isinstance(c[k], (dict, list))})
-        parts.append(f"<h3>{escape(name)}: {len(clusters)} clusters</h3>")
-        parts.append(_plots(_figure("cluster size and budget" + (" (largest 40)" if len(clusters) > 40 else ""), plots.grouped_bars(f"{name} clusters", labels, series))))
-        parts.append(_table(keys, [[c.get(k, "-") for k in keys] for c in clusters[:100]]))
-    return "".join(parts)
-
-
-def _other(view: RunView) -> str:
-    parts = []
-    for s in view.stages:
-        summary = s.get("summary")
-        if summary is not None and summary_kind(summary) is None and _cluster_list((summary or {}).get("clusters") if isinstance(summary, dict) else None) is None:
-            text = json.dumps(summary, indent=1, sort_keys=True, default=str)
-            parts.append(f"<details><summary>{escape(s['stage'])}</summary><pre>{escape(text)}</pre></details>")
-    return "".join(parts)
 
 
 # ---- sample rows ----------------------------------------------------------------------------

@@ -1,8 +1,7 @@
 """What a run directory (or a plain output dataset) holds, read once for the report and `inspect`.
 
-Stage summaries are read by their shape, not by the stage's label (labels can be renamed and new
-stage kinds appear): a judge summary has a `mode` and a `rubric`, a verify summary `by_verifier`,
-and so on. Anything unrecognised is still shown as it is.
+Each step's summary is shown by its kind's section (datagen.report.sections, keyed by the kind
+datagen.run.stats.summarize records); a kind without a section of its own is still shown as it is.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ from typing import Any
 import polars as pl
 
 from datagen.errors import DatagenError
+from datagen.report.sections import with_summary
 from datagen.run.run_dir import MANIFEST, RUN_SUBDIR, RunDir
 
 
@@ -70,56 +70,8 @@ def load_run(out: Path) -> RunView:
     return RunView(out, manifest, stages, rows, rows_stage, _scan(data_files), card)
 
 
-def summary_kind(summary: Any) -> str | None:
-    """Which figures a stage summary holds, recognised by its keys."""
-    if not isinstance(summary, dict):
-        return None
-    if summary.get("mode") in ("pointwise", "pairwise") and "rubric" in summary:
-        return "judge"
-    if "by_verifier" in summary:
-        return "verify"
-    if "pass_at_k" in summary:
-        return "vote"
-    if "by_persona" in summary or "sibling_duplicates" in summary:
-        return "collapse"
-    if "duplicate_clusters" in summary:
-        return "dedup"
-    return None
-
-
-def summaries(view: RunView, kind: str) -> list[tuple[str, dict[str, Any]]]:
-    """(stage label, summary) of every stage whose summary is of this kind."""
-    return [(s["stage"], s["summary"]) for s in view.stages if summary_kind(s.get("summary")) == kind]
-
-
 def percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
-
-
-def _stage_figures(kind: str, s: dict[str, Any]) -> str:
-    if kind == "judge" and s["mode"] == "pointwise":
-        return f"mean score {s.get('score_mean')} over {s.get('judged')} judged (rubric {s.get('rubric')}), {s.get('errors')} without a score (errors, {s.get('degenerate', 0)} degenerate)"
-    if kind == "judge":
-        return (f"{s.get('comparisons')} comparisons (rubric {s.get('rubric')}), consistent in both orders "
-                f"{percent(s.get('consistency_rate'))}, ties {s.get('ties')}, errors {s.get('errors')} ({s.get('degenerate_verdicts', 0)} degenerate)")
-    if kind == "verify":
-        return f"pass rate {percent(s.get('keep_rate'))} of {s.get('verified')} rows; prompts with a pass {s.get('prompts_with_a_pass')}/{s.get('prompts')}"
-    if kind == "vote":
-        ks = ", ".join(f"{k} {percent(v)}" for k, v in (s.get("pass_at_k") or {}).items())
-        return (f"{ks}; mean agreement {s.get('mean_agreement')}; majority right {percent(s.get('majority_accuracy'))}; "
-                f"all-pass {s.get('all_pass')}, all-fail {s.get('all_fail')} of {s.get('prompts')} prompts")
-    if kind == "collapse":
-        worst = max(
-            ((rate.get("collapse_rate") or 0, f"{group} {name!r}") for group in ("template", "persona")
-             for name, rate in (s.get(f"by_{group}") or {}).items()),
-            default=None,
-        )
-        text = f"{s.get('sibling_duplicates')} sibling duplicates, {s.get('cross_set_clusters')} cross-prompt clusters"
-        return text + (f"; highest collapse rate {percent(worst[0])} ({worst[1]})" if worst else "")
-    if kind == "dedup":
-        return (f"{s.get('exact_duplicates')} exact + {s.get('near_duplicates')} near duplicates, "
-                f"{s.get('duplicate_clusters')} clusters (largest {s.get('largest_cluster')}), {s.get('reference_matches')} reference matches")
-    return ""
 
 
 def key_figures(view: RunView) -> list[tuple[str, str]]:
@@ -152,10 +104,10 @@ def key_figures(view: RunView) -> list[tuple[str, str]]:
         if output.get("pairs") is not None and output.get("prompts") is not None:
             written += f": pairs from {output.get('prompts_with_pairs')} of {output['prompts']} prompts"
         figures.append(("rows written", written))
-    for stage in view.stages:
-        kind = summary_kind(stage.get("summary"))
-        if kind:
-            figures.append((stage["stage"], _stage_figures(kind, stage["summary"])))
+    for stage, section in with_summary(view.stages):
+        headline = section.headline(stage["summary"])
+        if headline:
+            figures.append((stage["stage"], headline))
     return figures
 
 

@@ -29,8 +29,21 @@ def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: 
     return stats
 
 
+def stage_kinds(manifest: dict[str, Any]) -> dict[str, str]:
+    """Step label -> its kind (the `stage:` name; "generate" for generation), from the resolved
+    recipe the manifest keeps. A run recorded without it gives {} (its labels are then read as kinds)."""
+    stages = ((manifest.get("resolved") or {}).get("recipe") or {}).get("stages") or []
+    kinds = {"generate": "generate"}
+    for stage in stages:
+        if isinstance(stage, dict) and isinstance(stage.get("stage"), str):
+            kinds[stage.get("name") or stage["stage"]] = stage["stage"]
+    return kinds if stages else {}
+
+
 def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
-    """Totals per stage across shards, in pipeline order."""
+    """Totals per stage across shards, in pipeline order; `kind` is the step's kind (its section
+    in the report and card, see datagen.report.sections)."""
+    kinds = stage_kinds(manifest)
     summary = []
     for label in labels:
         shards = manifest["stages"][label]["shards"].values()
@@ -46,6 +59,7 @@ def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any
                 total[1] += n_kept
         entry = {
             "stage": label,
+            "kind": kinds.get(label, label),
             "by_template": by_template,
             "rows_in": sum(s["rows_in"] for s in shards),
             "kept": sum(s["kept"] for s in shards),

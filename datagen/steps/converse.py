@@ -62,7 +62,7 @@ class ConverseConfig(StageConfigBase):
         return super().reads() | (_undeclared(_environment().parse(self.user_system)) - {SLOTS_VARIABLE})
 
     def writes(self) -> set[str]:
-        return super().writes() | {f"{self.label}_error", f"{self.label}_turns"}
+        return super().writes() | {f"{self.label}_error", f"{self.label}_turns", f"{self.label}_tokens"}
 
     def model_backend(self, context: StepContext) -> BackendConfig:
         return self.backend if self.backend is not None else context.generator
@@ -143,6 +143,26 @@ class ConverseStep(ModelStep):
             pl.Series(f"{L}_prompt_tokens", prompt_tokens, dtype=pl.Int64),
             pl.Series(f"{L}_completion_tokens", tokens, dtype=pl.Int64),
         )
+
+    def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
+        """Over the rows the step was given: conversations, finished ones (every turn answered),
+        failed ones with their error kinds (the error's first words), user turns per finished
+        conversation, and the completion tokens of both roles."""
+        L = self.label
+        frame = outputs.filter(pl.col(f"{L}_keep").is_not_null()).select(f"{L}_keep", f"{L}_error", f"{L}_turns", f"{L}_tokens").collect()
+        finished = frame.filter(pl.col(f"{L}_keep"))
+        errors = frame[f"{L}_error"].drop_nulls()
+        kinds = errors.str.extract(r"^([^:]{1,60})", 1).value_counts(sort=True).rows() if errors.len() else []
+        turns = finished[f"{L}_turns"].value_counts().sort(f"{L}_turns").rows()
+        return {
+            "conversations": frame.height,
+            "finished": finished.height,
+            "errors": errors.len(),
+            "error_rate": round(errors.len() / frame.height, 4) if frame.height else None,
+            "error_kinds": {str(kind): int(count) for kind, count in kinds},
+            "turns": {str(t): int(n) for t, n in turns},
+            "tokens": int(frame[f"{L}_tokens"].sum() or 0),
+        }
 
     def close(self) -> None:
         self.model.close()

@@ -1,0 +1,29 @@
+"""The vote step's section: pass@k over prompts with a reference and prompts by their agreement
+with the majority answer."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+from datagen.report import plots
+from datagen.report.flags import pct
+from datagen.report.sections.base import Section, figure, plot_row, scalar_figures
+
+
+class VoteSection(Section):
+    key = "vote"
+    title = "Self-consistency (voted prompts)"
+
+    def headline(self, s: dict[str, Any]) -> str:
+        ks = ", ".join(f"{k} {pct(v)}" for k, v in (s.get("pass_at_k") or {}).items())
+        return (f"{ks}; mean agreement {s.get('mean_agreement')}; majority right {pct(s.get('majority_accuracy'))}; "
+                f"all-pass {s.get('all_pass')}, all-fail {s.get('all_fail')} of {s.get('prompts')} prompts")
+
+    def html(self, label: str, s: dict[str, Any], view) -> str:
+        pass_at = s.get("pass_at_k") or {}
+        agreement = s.get("agreement_histogram") or {}
+        return f"<h3>{escape(label)}</h3>" + plot_row(
+            figure("pass@k over prompts with a reference", plots.grouped_bars(f"{label} pass@k", list(pass_at), {"pass@k": list(pass_at.values())}, max_value=1, percent=True)) if pass_at else "",
+            figure("prompts by agreement with the majority answer", plots.grouped_bars(f"{label} agreement", list(agreement), {"prompts": [float(v) for v in agreement.values()]})) if agreement else "",
+        ) + scalar_figures(s)
