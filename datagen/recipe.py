@@ -14,6 +14,7 @@ import polars as pl
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from datagen.outputs.config import PairsConfig
+from datagen.outputs.mix import MixConfig
 from datagen.counterexamples.config import InputConfig
 from datagen.credentials import find_secret, secret_message
 from datagen.errors import DatagenError, from_validation_error
@@ -50,6 +51,7 @@ class OutputConfig(StrictModel):
     target_rows: int | None = Field(None, ge=1, le=MAX_COUNT * 1024, description="stop as soon as this many output rows are kept; write exactly these")
     max_candidates: int | None = Field(None, ge=1, le=MAX_COUNT * 1024, description="with target_rows: the most candidates generation may make")
     prices: dict[str, Price] = Field(default_factory=dict, description="per model (as the recipe names it): USD per million tokens in/out, for the cost lines")
+    mix: MixConfig | None = Field(None, description="the final mix: weight formula, rank, top k per group, real rows (datagen/outputs/mix.py)")
 
     @model_validator(mode="after")
     def _pairs_for_dpo(self) -> "OutputConfig":
@@ -61,6 +63,8 @@ class OutputConfig(StrictModel):
             raise ValueError("max_candidates is the budget of a target run: set target_rows too")
         if self.target_rows is not None and self.format == "counterexamples":
             raise ValueError("target_rows: a counterexample run's size is its budget, not a target")
+        if self.mix is not None and self.mix.real is not None and self.format not in ("sft", "prompt_completion"):
+            raise ValueError(f"mix.real: real rows are written as sft or prompt_completion rows, not {self.format}")
         return self
 
 
@@ -101,6 +105,8 @@ class Recipe(StrictModel):
                 stage.use_generator_backend(self.backend)
         if self.output.pairs is not None:
             self.output.pairs.check_stages(self.stages)
+        if self.output.mix is not None:
+            self.output.mix.check_stages(self.stages)
         return self
 
     @model_validator(mode="after")

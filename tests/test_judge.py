@@ -56,7 +56,7 @@ def run_pointwise(batch, **config):
 # --- rubrics -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["helpfulness", "math_solution", "code_quality"])
+@pytest.mark.parametrize("name", ["helpfulness", "math_solution", "code_quality", "grounded"])
 def test_shipped_rubrics_load_with_five_anchors_per_criterion(name):
     assert name in shipped_rubrics()
     rubric = load_rubric(name)
@@ -93,7 +93,7 @@ def test_invalid_rubric_names_file_and_field(tmp_path, change, field, message):
 
 
 def test_unknown_rubric_name_lists_the_shipped_ones():
-    with pytest.raises(DatagenError, match="no shipped rubric 'helpfullness'.*code_quality, helpfulness, math_solution"):
+    with pytest.raises(DatagenError, match="no shipped rubric 'helpfullness'.*code_quality, grounded, helpfulness, math_solution"):
         JudgeConfig(rubric="helpfullness")
 
 

@@ -175,7 +175,7 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
 
     last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
     stage_stats = summarize(manifest, labels)
-    rows, output_stats = build_output(last, recipe.output, labels)
+    rows, output_stats = build_output(last, recipe.output, labels, seed=recipe.seed, source=str(loaded.path))
     written = write_dataset(rows, out, loaded, stage_stats, manifest.get("model"), output_stats)
     manifest["output"] = output_stats
     manifest["complete"] = True
