@@ -13,6 +13,7 @@ import pyarrow as pa
 import yaml
 
 from datagen.run.run_dir import atomic_write_bytes
+from datagen.outputs.mix import mix_lines
 from datagen.report.view import explain_no_pair
 from datagen.report.sections import kept_errors, with_summary
 from datagen.report.trust import card_lines
@@ -130,6 +131,7 @@ def dataset_card(
     lines += card_lines(stage_stats, output_stats)
     if output_stats and output_stats.get("format") == "dpo":
         lines += pairs_section(output_stats)
+    lines += mix_lines(output_stats)
     generate = stage_stats[0]
     lines += [
         "",
