@@ -40,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local (default): this process; ray: stages as Ray Data map_batches, generation in actors (needs the ray extra)")
     run.add_argument("--address", help="with --executor ray: the Ray cluster to join ('auto' or HEAD:6379); default: start a local Ray")
-    recipe_command("validate", "Check a recipe and every template it names, without loading a model.")
+    run.add_argument("--prices", type=Path, metavar="FILE",
+                     help="YAML: MODEL: {input: USD, output: USD} per million tokens, for the cost lines (over output.prices)")
+    run.add_argument("--dry-run", action="store_true", help="print what the first shard would send to the model; load no model, write nothing")
+    validate = recipe_command("validate", "Check a recipe and every template it names, without loading a model.")
+    validate.add_argument("--estimate", action="store_true",
+                          help="also print the expected prompts, requests and token upper bounds (and cost, with prices)")
+    validate.add_argument("--prices", type=Path, metavar="FILE", help="with --estimate: a price file as for run")
     preview = recipe_command("preview", "Print rendered prompts and their slot values, without loading a model.")
     preview.add_argument("-n", type=int, default=5, help="how many prompts to show (default 5)")
 
@@ -127,10 +133,21 @@ def _check_models(recipe, source: Path) -> None:
             raise DatagenError(f"embedding model folder not found: {model}", source, field)
 
 
+def _with_prices(loaded, path: Path | None):
+    """The recipe's output.prices with those of a --prices file over them."""
+    if path is not None:
+        from datagen.run.tokens import read_prices
+
+        loaded.recipe.output.prices = loaded.recipe.output.prices | read_prices(path)
+    return loaded
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from datagen.recipe import load_recipe
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = _with_prices(load_recipe(args.recipe, args.overrides), getattr(args, "prices", None))
+    if getattr(args, "dry_run", False):
+        return dry_run(loaded)
     out = args.out or (Path(loaded.recipe.output.dir) if loaded.recipe.output.dir else None)
     if out is None:
         raise DatagenError("no output directory: pass --out DIR or set output.dir", args.recipe, "output.dir")
@@ -155,6 +172,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         errors = kept_errors(s)  # alive, but an error is no pass
         print(f"{s['stage']:>12}: {s['rows_in']:>6} in -> {s['kept']:>6} kept" + (f", {errors} of them with an error" if errors else "")
               + (f"  ({reasons})" if reasons else ""))
+    _print_tokens(out)
+    if result.target is not None and result.target.reached:
+        print(result.target.line())
     if result.rows_written:
         print(f"wrote {result.rows_written} rows to {out} (load with datasets.load_dataset({str(out)!r}))")
     else:
@@ -176,6 +196,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     report = out / "run" / "report.html"
     if report.exists():
         print(f"report: {report} (or: datagen inspect {out})")
+    if result.target is not None and not result.target.reached:
+        from datagen.run.target import EXIT_SHORT
+
+        print(f"datagen: warning: {result.target.line()}", file=sys.stderr)
+        return EXIT_SHORT
+    return 0
+
+
+def _print_tokens(out: Path) -> None:
+    """One line of tokens per model step, and the cost line when prices were given."""
+    from datagen.run.tokens import cost_line
+
+    try:
+        record = json.loads((out / "run" / "manifest.json").read_text()).get("tokens") or {}
+    except (OSError, ValueError):
+        return
+    steps = record.get("steps") or []
+    if steps:
+        print("tokens: " + "; ".join(f"{s['step']} ({s['model']}) {s['prompt_tokens']:,} in / {s['completion_tokens']:,} out" for s in steps))
+    line = cost_line(record) if steps else None
+    if line:
+        print(line)
+
+
+def dry_run(loaded) -> int:
+    """`datagen run --dry-run`: the requests of the first shard as the backend would get them
+    (messages, per-request seed, sampling), and the steps after; no model, nothing written."""
+    from datagen.llm.generate import request_seed
+    from datagen.run.executor import build_steps, expand_prompts
+    from datagen.run.target import Target
+
+    recipe = loaded.recipe
+    _check_models(recipe, loaded.path)
+    prompts = expand_prompts(loaded)
+    target = Target.of(loaded)
+    available = prompts.height
+    if target is not None:
+        prompts = target.stream(prompts)
+    for stage in build_steps(loaded):
+        stage.close()
+    shard = prompts.head(recipe.execution.shard_size)
+    sampling = recipe.backend.sampling.model_dump(mode="json")
+    print(f"first shard: {shard.height} of {prompts.height} prompts" + (f" (of {available}; a run to {target.rows} rows)" if target else "")
+          + f", to {recipe.backend.kind} model {recipe.backend.model!r}; sampling {json.dumps(sampling)}")
+    for row in shard.iter_rows(named=True):
+        print(f"=== request {row['prompt_id']}  template={row['template_id']}  seed={request_seed(recipe.sampling_seed, row['prompt_id'])}")
+        for message in row["messages"]:
+            print(f"[{message['role']}]")
+            print(textwrap.indent(message["content"], "  "))
+    print("then: " + " -> ".join(["generate"] + [s.label for s in recipe.stages]) + " (dry run: no model loaded, nothing written)")
     return 0
 
 
@@ -198,14 +268,23 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from datagen.run.executor import build_steps, expand_prompts
     from datagen.recipe import load_recipe
 
-    loaded = load_recipe(args.recipe, args.overrides)
+    loaded = _with_prices(load_recipe(args.recipe, args.overrides), getattr(args, "prices", None))
     recipe = loaded.recipe
     _check_models(recipe, args.recipe)  # the same checks as `run`, for every model the recipe names
     prompts = expand_prompts(loaded)
     for stage in build_steps(loaded):  # building reads the files a stage needs (dedup's reference, ...); no model loads
         stage.close()
+    from datagen.run.target import Target
+
+    target = Target.of(loaded)
     stages = " -> ".join(["generate"] + [s.label for s in recipe.stages])
     print(f"ok: {args.recipe}: {len(loaded.templates)} template(s), {prompts.height} prompts x n={recipe.backend.sampling.n}; {stages}")
+    if getattr(args, "estimate", False):
+        from datagen.run.tokens import estimate_lines
+
+        print("\n".join(estimate_lines(loaded, target.stream(prompts) if target else prompts, prompts.height)))
+    elif getattr(args, "prices", None) is not None:
+        raise DatagenError("only used with --estimate", field="--prices")
     return 0
 
 

@@ -13,6 +13,7 @@ import pyarrow as pa
 import yaml
 
 from datagen.run.run_dir import atomic_write_bytes
+from datagen.run.tokens import token_lines, usage_record
 from datagen.outputs.mix import mix_lines
 from datagen.report.view import explain_no_pair
 from datagen.report.sections import kept_errors, with_summary
@@ -102,6 +103,7 @@ def dataset_card(
         recipe.description or "Synthetic data made with datagen.",
         "",
         f"- Rows: {rows} ({recipe.output.format} format)",
+        *target_lines(output_stats),
         f"- Model: {model} via {recipe.backend.kind}",
         f"- Templates: {templates}",
         f"- Seed: {recipe.seed}; sampling: {sampling}",
@@ -129,6 +131,7 @@ def dataset_card(
     for stage, section in with_summary(stage_stats):
         lines += section.card_lines(stage["stage"], stage["summary"])
     lines += card_lines(stage_stats, output_stats)
+    lines += token_lines(usage_record(stage_stats, recipe.output.prices))
     if output_stats and output_stats.get("format") == "dpo":
         lines += pairs_section(output_stats)
     lines += mix_lines(output_stats)
@@ -147,6 +150,12 @@ def dataset_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def target_lines(output_stats: dict[str, Any] | None) -> list[str]:
+    """A run to a target: one line, reached or not (datagen.run.target.Outcome.line)."""
+    target = (output_stats or {}).get("target")
+    return [f"- Target: {target['line']}"] if target else []
 
 
 def pairs_section(stats: dict[str, Any]) -> list[str]:

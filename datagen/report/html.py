@@ -56,6 +56,7 @@ def build_report(view: RunView) -> str:
         ("trust", "Trust: model steps", _trust(view)),
         ("funnel", "Rows through the stages", _funnel(view)),
         ("output", "Output rows", _output(view)),
+        ("tokens", "Tokens and cost", _tokens(view)),
         *_step_sections(view),
         ("lengths", "Lengths", _lengths(view)),
         ("samples", "Sample rows", _samples(view)),
@@ -210,6 +211,28 @@ def _output(view: RunView) -> str:
     if why:
         html += "<h3>Why prompts gave no pair, or pairs were skipped</h3>" + _table(["reason", "count", "what it means"], [[r, c, explain_no_pair(r)] for r, c in why], {1})
     return html
+
+
+def _tokens(view: RunView) -> str:
+    """A target run's line, and the tokens each model step spent (per step, model; the cost with prices)."""
+    from datagen.run.tokens import cost_line
+
+    manifest = view.manifest or {}
+    target = (manifest.get("target") or {}).get("line")
+    record = manifest.get("tokens") or {}
+    html = f"<p>{escape(target)}</p>" if target else ""
+    steps = record.get("steps") or []
+    if not steps:
+        return html
+    priced = "cost_usd" in record
+    head = "<th>step</th><th>model</th><th>prompt tokens</th><th>completion tokens</th>" + ("<th>cost (USD)</th>" if priced else "")
+    rows = [
+        f"<tr><td>{escape(str(s['step']))}</td><td>{escape(str(s['model']))}</td><td>{s['prompt_tokens']:,}</td><td>{s['completion_tokens']:,}</td>"
+        + (f"<td>{s['cost_usd']:.4f}</td>" if "cost_usd" in s else "<td>-</td>" if priced else "") + "</tr>"
+        for s in steps
+    ]
+    line = cost_line(record) or "No prices given (output.prices or datagen run --prices FILE): no cost."
+    return html + f'<table><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table><p>{escape(line)}</p>'
 
 
 def _length_series(column: str, dtype: pl.DataType) -> pl.Expr:

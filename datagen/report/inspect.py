@@ -68,6 +68,8 @@ def inspect(out: Path, rows: int | None = None, where: list[str] | None = None, 
     elif card_funnel(view.card):
         write("rows through the stages (from the dataset card):")
         write(clean(card_funnel(view.card)))
+    for line in _token_lines(view):
+        write(clean(line))
     report = view.out / RUN_SUBDIR / REPORT_FILE
     if report.exists():
         write(f"\nreport: {report}")
@@ -85,6 +87,27 @@ def _funnel_table(view: RunView) -> str:
     })
     with pl.Config(**TABLE):
         return str(table)
+
+
+def _token_lines(view: RunView) -> list[str]:
+    """A target run's line, the tokens per model step (and model) and the cost line with prices."""
+    from datagen.run.tokens import cost_line
+
+    manifest = view.manifest or {}
+    lines = [f"\n{manifest['target']['line']}"] if (manifest.get("target") or {}).get("line") else []
+    record = manifest.get("tokens") or {}
+    steps = record.get("steps") or []
+    if steps:
+        table = pl.DataFrame({
+            "step": [s["step"] for s in steps],
+            "model": [str(s["model"]) for s in steps],
+            "prompt tokens": [s["prompt_tokens"] for s in steps],
+            "completion tokens": [s["completion_tokens"] for s in steps],
+        })
+        with pl.Config(**TABLE):
+            lines += ["", "tokens per model step:", str(table)]
+        lines.append(cost_line(record) or "no prices given (output.prices or datagen run --prices FILE): no cost")
+    return lines
 
 
 def parse_where(expression: str, view: RunView) -> tuple[str, pl.Expr]:

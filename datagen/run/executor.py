@@ -15,12 +15,15 @@ from typing import Any, Callable, Iterator, Protocol
 
 import polars as pl
 
+from datagen.errors import DatagenError
 from datagen.llm import Backend
 from datagen.outputs import build_output
 from datagen.llm.generate import prompts_frame
 from datagen.run.generation import generate_locally, open_backend, run_generate
 from datagen.run.progress import StageProgress
 from datagen.run.stats import shard_stats, summarize
+from datagen.run.target import Outcome, Target, run_to_target, stderr_line
+from datagen.run.tokens import step_models, usage_record
 from datagen.recipe import LoadedRecipe
 from datagen.report.html import write_report
 from datagen.run.run_dir import RunDir, resolved_recipe, atomic_write_parquet, content_key, remove_stage_files
@@ -31,14 +34,34 @@ from datagen.outputs.writer import write_dataset
 
 
 def expand_prompts(loaded: LoadedRecipe) -> pl.DataFrame:
+    """Every prompt of the run, template entry after template entry: rendered templates (their
+    slots may draw from data sources), or a data source's rows as prompts (`from:`), streamed
+    batch by batch. With data sources, every prompt has `source_ids`; with sampling slots, the
+    drawn parameters' columns (`temperature`), null where the recipe's own apply."""
     if loaded.recipe.input is not None:  # prompts from clusters of failures, not from slot vocabularies
         from datagen.counterexamples.expand import counterexample_prompts
 
         return counterexample_prompts(loaded)
-    rows: list[dict] = []
-    for use in loaded.recipe.templates:
-        rows.extend(expand(loaded.templates[use.name], use.count, loaded.recipe.seed))
-    return prompts_frame(rows)
+    from datagen.sources.prompts import source_prompts
+    from datagen.sources.slots import SAMPLED
+
+    recipe = loaded.recipe
+    extra: dict[str, pl.DataType] = {}
+    if recipe.data:
+        extra["source_ids"] = pl.List(pl.String)
+    samplings = [use.sampling or (loaded.templates[use.name].sampling if use.source is None else None) for use in recipe.templates]
+    extra |= {name: pl.Float64 for name in SAMPLED if any(s is not None and getattr(s, name) is not None for s in samplings)}
+    frames: list[pl.DataFrame] = []
+    for use in recipe.templates:
+        if use.source is not None:
+            frames.extend(source_prompts(use, loaded.sources[use.source], recipe.seed, extra))
+            continue
+        rows = expand(loaded.templates[use.name], use.count, recipe.seed, loaded.sources, use.sampling)
+        if "source_ids" in extra:
+            for row in rows:
+                row.setdefault("source_ids", [])
+        frames.append(prompts_frame(rows, extra))
+    return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
 
 
 def build_steps(loaded: LoadedRecipe) -> list[Step]:
@@ -55,6 +78,7 @@ class RunResult:
     rows_written: int
     stage_stats: list[dict[str, Any]] = field(default_factory=list)
     pairs_written: int | None = None  # counterexample runs: fix/failure DPO pairs in OUT/pairs (None: not built)
+    target: Outcome | None = None  # a target run: where it stopped (datagen.run.target)
 
 
 def _selected(templates: list[str] | None) -> pl.Expr:
@@ -128,6 +152,7 @@ def run_pipeline(
     # What bad input can break (templates, stage files) fails here, before the output is touched.
     prompts = expand_prompts(loaded)
     stages = build_steps(loaded)
+    Target.of(loaded)  # a target the recipe cannot have
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force, resolved_recipe(loaded))
     try:
@@ -138,6 +163,12 @@ def run_pipeline(
 
 def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: pl.DataFrame, stages: list[Step], runner: "ShardRunner", backend_factory, progress) -> RunResult:
     recipe, out = loaded.recipe, run.out
+    target = Target.of(loaded)
+    available = prompts.height
+    if target is not None:
+        prompts = target.stream(prompts)  # templates interleaved, cut to the budget
+        if prompts.height == 0:
+            raise DatagenError("no prompt to generate from", loaded.path, "templates")
     manifest.update(recipe=recipe.name, recipe_path=str(loaded.path))
     atomic_write_parquet(run.root / "prompts.parquet", prompts)
     size = recipe.execution.shard_size
@@ -158,26 +189,43 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
         if entry is None or entry.get("key") != keys[index] or entry.get("index") != index:
             # A new or changed stage (or one before it changed): its old shards are stale.
             remove_stage_files(run.stage_dir(index, label))
-            entry = manifest["stages"][label] = {"index": index, "key": keys[index], "shards": {}}
-        # The shards to compute, each with the key of the input it is computed from.
-        global_input = index > 0 and isinstance(stages[index - 1], RunStep)
-        keys_now = {j: shard_key(manifest, labels, index, j, shards, global_input) for j in range(len(shards))}
-        todo = {j: key for j, key in keys_now.items() if not run.shard_done(index, label, j, entry["shards"].get(str(j)), key)}
-        if index == 0:
-            opener = backend_factory or partial(open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
-            run_generate(loaded, run, manifest, shards, todo, runner, opener, progress)
-            continue
-        stage = stages[index - 1]
-        try:
-            _run_filter(stage, recipe.stages[index - 1], index, labels, run, manifest, len(shards), todo, progress, runner)
-        finally:
-            stage.close()  # a step that holds a model (judge, llm) releases it here
+            manifest["stages"][label] = {"index": index, "key": keys[index], "shards": {}}
+    opener = backend_factory or partial(open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
+    context = _Shards(loaded, run, manifest, shards, stages, labels, runner, opener, progress)
+    last = lambda j: run.shard_path(len(labels) - 1, labels[-1], j)  # noqa: E731
+    build = lambda paths: build_output(paths, recipe.output, labels)  # noqa: E731
 
-    last = [run.shard_path(len(labels) - 1, labels[-1], j) for j in range(len(shards))]
-    stage_stats = summarize(manifest, labels)
-    rows, output_stats = build_output(last, recipe.output, labels, seed=recipe.seed, source=str(loaded.path))
+    outcome = None
+    if target is None:
+        context.process(list(range(len(shards))))
+        used = len(shards)
+    else:
+        held = _HeldEngine(opener)  # one engine for every wave, not one per wave
+        context.opener, context.keep_open = held, True
+        say = None if progress in (False, "none") else stderr_line
+        try:
+            outcome = run_to_target(target, [s.height for s in shards], context.process, lambda j: build([last(j)])[0].height,
+                                    context.figures, target.limit(available), say)
+        finally:
+            held.close()
+            for stage in stages:
+                stage.close()
+        used = outcome.used
+        context.summaries(used)
+        manifest["target"] = outcome.record()
+
+    stage_stats = summarize(manifest, labels, used if target is not None else None)
+    models = step_models(loaded)
+    for entry in stage_stats:
+        entry["model"] = models.get(entry["stage"])
+    rows, output_stats = build([last(j) for j in range(used)])
+    if target is not None:
+        rows = rows.head(target.rows)
+        output_stats |= {"rows": rows.height} if "rows" in output_stats else {}
+        output_stats["target"] = manifest["target"]
     written = write_dataset(rows, out, loaded, stage_stats, manifest.get("model"), output_stats)
     manifest["output"] = output_stats
+    manifest["tokens"] = usage_record(stage_stats, recipe.output.prices)
     manifest["complete"] = True
     manifest["rows_written"] = written
     run.write_manifest(manifest)
@@ -187,18 +235,105 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
 
         pairs = write_pairs(out, loaded)
     write_report(out)
-    return RunResult(out=out, rows_written=written, stage_stats=stage_stats, pairs_written=pairs)
+    return RunResult(out=out, rows_written=written, stage_stats=stage_stats, pairs_written=pairs, target=outcome)
 
 
-def shard_key(manifest: dict[str, Any], labels: list[str], index: int, j: int, shards: list[pl.DataFrame], global_input: bool) -> str:
+class _HeldEngine:
+    """An opener that starts the backend once and hands out a view whose close() keeps it open,
+    so that a target run's waves share one engine; `close` ends it."""
+
+    def __init__(self, opener: Callable[[], Backend]):
+        self.opener, self.backend = opener, None
+
+    def __call__(self) -> Backend:
+        if self.backend is None:
+            self.backend = self.opener()
+        return _Unclosed(self.backend)
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
+class _Unclosed:
+    def __init__(self, backend: Backend):
+        self.backend, self.model_name = backend, backend.model_name
+
+    def generate(self, requests, sampling):
+        return self.backend.generate(requests, sampling)
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class _Shards:
+    """Runs given shards through every step. With `keep_open` (a target run) steps stay open
+    between calls, and a step that decides over the run is fitted per shard on the shards up to
+    it (prefix), so that a shard's result does not depend on which shards came after it."""
+
+    loaded: LoadedRecipe
+    run: RunDir
+    manifest: dict[str, Any]
+    shards: list[pl.DataFrame]
+    stages: list[Step]
+    labels: list[str]
+    runner: "ShardRunner"
+    opener: Callable[[], Backend]
+    progress: bool | str
+    keep_open: bool = False
+
+    def process(self, wave: list[int]) -> None:
+        recipe, manifest, labels = self.loaded.recipe, self.manifest, self.labels
+        for index, label in enumerate(labels):
+            entry = manifest["stages"][label]
+            global_input = index > 0 and isinstance(self.stages[index - 1], RunStep)
+            keys_now = {j: shard_key(manifest, labels, index, j, self.shards, global_input, prefix=self.keep_open) for j in wave}
+            todo = {j: key for j, key in keys_now.items() if not self.run.shard_done(index, label, j, entry["shards"].get(str(j)), key)}
+            if index == 0:
+                run_generate(self.loaded, self.run, manifest, self.shards, todo, self.runner, self.opener, self.progress)
+                continue
+            stage = self.stages[index - 1]
+            try:
+                _run_filter(stage, recipe.stages[index - 1], index, labels, self.run, manifest, len(self.shards), todo, self.progress,
+                            self.runner, prefix=self.keep_open)
+            finally:
+                if not self.keep_open:
+                    stage.close()  # a step that holds a model (judge, llm) releases it here
+
+    def summaries(self, used: int) -> None:
+        """Each step's figures over the shards a target run's rows come from."""
+        for index, (stage, config) in enumerate(zip(self.stages, self.loaded.recipe.stages), start=1):
+            paths = [self.run.shard_path(index, stage.label, j) for j in range(used)]
+            summary = stage.summarize(_viewed_lazy(pl.scan_parquet(paths), config.views())) if paths else None
+            entry = self.manifest["stages"][stage.label]
+            if summary is None:
+                entry.pop("summary", None)
+            else:
+                entry["summary"] = summary
+        self.run.write_manifest(self.manifest)
+
+    def figures(self, j: int) -> dict[str, float]:
+        """A processed shard's candidates, tokens (every step) and seconds, for the yield estimate."""
+        records = [self.manifest["stages"][label]["shards"].get(str(j), {}) for label in self.labels]
+        return {
+            "candidates": records[0].get("kept", 0),
+            "tokens": sum(r.get("prompt_tokens", 0) + r.get("completion_tokens", 0) for r in records),
+            "seconds": sum(r.get("seconds", 0.0) for r in records),
+        }
+
+
+def shard_key(manifest: dict[str, Any], labels: list[str], index: int, j: int, shards: list[pl.DataFrame], global_input: bool, prefix: bool = False) -> str:
     """What shard j of a stage is computed from: the stage's key and the content of its input, the
     prompt shard for generate, else the previous stage's shard (every one of them for a stage that
-    fits on the whole run, like dedup, whose verdicts in one shard depend on all the others)."""
+    fits on the whole run, like dedup, whose verdicts in one shard depend on all the others; in a
+    target run (`prefix`) the shards up to j, which is all it is fitted on)."""
     stage_key = manifest["stages"][labels[index]]["key"]
     if index == 0:
         return content_key(stage_key, *shards[j]["prompt_id"])
     previous = manifest["stages"][labels[index - 1]]["shards"]
-    sources = range(len(shards)) if global_input else [j]
+    sources = (range(j + 1) if prefix else range(len(shards))) if global_input else [j]
     return content_key(stage_key, *(previous.get(str(i), {}).get("digest", "missing") for i in sources))
 
 
@@ -230,31 +365,46 @@ class LocalRunner:
             yield j, before, after, time.perf_counter() - start
 
 
-def _run_filter(stage: Step, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress, runner: ShardRunner) -> None:
+def _run_filter(stage: Step, config: StageConfigBase, index: int, labels: list[str], run: RunDir, manifest, n_shards: int, todo, progress,
+                runner: ShardRunner, prefix: bool = False) -> None:
+    """Run a step on the shards in `todo`, writing and recording each. `prefix` (a target run):
+    a step over the run is fitted for each shard on the shards up to it, and its figures are
+    left to the end of the run (datagen.run.target)."""
     label, templates = stage.label, config.templates
     done = manifest["stages"][label]["shards"]
     previous = [run.shard_path(index - 1, labels[index - 1], j) for j in range(n_shards)]
     if hasattr(stage, "use_cache"):  # the judge keeps its verdicts, so a changed keep rule asks no model again
         stage.use_cache(run.root / "cache" / label)
-    if todo and isinstance(stage, RunStep):
+    views = config.views()
+    if todo and isinstance(stage, RunStep) and not prefix:
         # Steps with state over the run (dedup, collapse) see every alive row before any shard.
-        views = config.views()
         stage.fit(lambda: (_viewed(pl.read_parquet(p).filter(_selected(templates)), views)[0] for p in previous))
     inputs = [previous[j] for j in todo]
     total = sum(pl.scan_parquet(p).filter(_selected(templates)).select(pl.len()).collect().item() for p in inputs)  # rows still alive
-    results = runner.filter(stage, config, list(zip(todo, inputs)))
+    if prefix and isinstance(stage, RunStep):
+        results = _prefix_fitted(stage, config, previous, sorted(todo), runner)
+    else:
+        results = runner.filter(stage, config, list(zip(todo, inputs)))
     with _progress(label, f"[{index + 1}/{len(labels)}]", total, "row", progress) as bar, closing(results):
         for j, before, after, seconds in results:
             digest = atomic_write_parquet(run.shard_path(index, label, j), after)
             done[str(j)] = shard_stats(label, before, after, seconds) | {"key": todo[j], "digest": digest}
             run.write_manifest(manifest)
             bar.update(before.filter(_selected(templates)).height)
-    if todo or "summary" not in manifest["stages"][label]:
+    if not prefix and (todo or "summary" not in manifest["stages"][label]):
         outputs = pl.scan_parquet([run.shard_path(index, label, j) for j in range(n_shards)])
         summary = stage.summarize(_viewed_lazy(outputs, config.views()))
         if summary is not None:
             manifest["stages"][label]["summary"] = summary
             run.write_manifest(manifest)
+
+
+def _prefix_fitted(stage: RunStep, config: StageConfigBase, previous: list[Path], todo: list[int], runner: "ShardRunner"):
+    """Shard after shard, `stage` fitted on every alive row of the shards up to that one."""
+    templates, views = config.templates, config.views()
+    for j in todo:
+        stage.fit(lambda j=j: (_viewed(pl.read_parquet(p).filter(_selected(templates)), views)[0] for p in previous[: j + 1]))
+        yield from runner.filter(stage, config, [(j, previous[j])])
 
 
 def _viewed_lazy(outputs: pl.LazyFrame, views: dict[str, str]) -> pl.LazyFrame:

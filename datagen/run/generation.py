@@ -65,7 +65,18 @@ def generate_candidates(prompts: pl.DataFrame, backend: Backend, sampling, sampl
     recorder = _Recorder(backend)
     frame = generate_shard(prompts, recorder, sampling, sampling_seed, kind)
     failed = [pid for pid, transient in zip(prompts["prompt_id"], recorder.transient) if transient]
-    return frame.with_columns(pl.col("prompt_id").is_in(failed).alias(TRANSIENT))
+    return frame.with_columns(*generation_tokens(), pl.col("prompt_id").is_in(failed).alias(TRANSIENT))
+
+
+def generation_tokens() -> list[pl.Expr]:
+    """generate_prompt_tokens / generate_completion_tokens, the token columns every model step
+    writes (datagen/run/tokens.py): a request's prompt is counted once, on its first sample, so
+    that the columns sum to what the backend counted."""
+    first = pl.col("sample_index") == 0
+    return [
+        pl.when(first).then(pl.col("prompt_tokens")).otherwise(0).fill_null(0).alias("generate_prompt_tokens"),
+        pl.col("completion_tokens").fill_null(0).alias("generate_completion_tokens"),
+    ]
 
 
 def generate_locally(open_backend: Callable[[], Backend], backend: BackendConfig, sampling_seed: int, shards: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, pl.DataFrame, float]]:

@@ -296,6 +296,12 @@ def run_pipeline_ray(
     workers: int | None = None,
     **kwargs: Any,
 ) -> RunResult:
-    """`run_pipeline` on Ray Data; same run directory, same rows (see the module docstring)."""
+    """`run_pipeline` on Ray Data; same run directory, same rows (see the module docstring).
+
+    Raises DatagenError for a recipe with `output.target_rows`: a target run goes wave after wave
+    of shards with steps fitted per shard on the shards before it (datagen.run.target), which
+    only the local executor does."""
+    if loaded.recipe.output.target_rows is not None:
+        raise DatagenError("a run to a target goes shard after shard; run it without --executor ray", loaded.path, "output.target_rows")
     with RayRunner(address, num_cpus, workers) as runner:
         return run_pipeline(loaded, out, runner=runner, **kwargs)

@@ -26,7 +26,24 @@ def shard_stats(label: str, before: pl.DataFrame, after: pl.DataFrame, seconds: 
     }
     if generated:
         stats["tokens"] = int(after["completion_tokens"].sum())
+    stats |= step_tokens(label, after)
     return stats
+
+
+def step_tokens(label: str, rows: pl.DataFrame) -> dict[str, int]:
+    """{"prompt_tokens", "completion_tokens"}: the sums of the step's token columns over `rows` (one
+    of its output shards), {} for a step that writes none (it calls no model)."""
+    columns = token_columns(label)
+    if not set(columns) <= set(rows.columns):
+        return {}
+    return {key: int(rows[column].sum() or 0) for key, column in zip(("prompt_tokens", "completion_tokens"), columns)}
+
+
+def token_columns(label: str) -> tuple[str, str]:
+    """The columns where a model step records, per row, the prompt and completion tokens of the
+    requests it made for that row (a request made for several rows, one prompt with n samples,
+    counts its prompt on one of them): their sum over the step's output is what it spent."""
+    return f"{label}_prompt_tokens", f"{label}_completion_tokens"
 
 
 def stage_kinds(manifest: dict[str, Any]) -> dict[str, str]:
@@ -40,13 +57,15 @@ def stage_kinds(manifest: dict[str, Any]) -> dict[str, str]:
     return kinds if stages else {}
 
 
-def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any]]:
+def summarize(manifest: dict[str, Any], labels: list[str], used: int | None = None) -> list[dict[str, Any]]:
     """Totals per stage across shards, in pipeline order; `kind` is the step's kind (its section
     in the report and card, see datagen.report.sections)."""
     kinds = stage_kinds(manifest)
     summary = []
     for label in labels:
-        shards = manifest["stages"][label]["shards"].values()
+        recorded = manifest["stages"][label]["shards"]
+        # a target run counts only the shards its rows come from (datagen/run/target.py)
+        shards = [s for j, s in recorded.items() if used is None or int(j) < used]
         reasons: dict[str, int] = {}
         for s in shards:
             for reason, count in s["reasons"].items():
@@ -70,5 +89,8 @@ def summarize(manifest: dict[str, Any], labels: list[str]) -> list[dict[str, Any
             entry["summary"] = manifest["stages"][label]["summary"]
         if label == "generate":
             entry["tokens"] = sum(s.get("tokens", 0) for s in shards)
+        if any("prompt_tokens" in s for s in shards):
+            entry["prompt_tokens"] = sum(s.get("prompt_tokens", 0) for s in shards)
+            entry["completion_tokens"] = sum(s.get("completion_tokens", 0) for s in shards)
         summary.append(entry)
     return summary
