@@ -6,12 +6,12 @@ import difflib
 import hashlib
 import json
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import polars as pl
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from datagen.outputs.config import PairsConfig
 from datagen.outputs.mix import MixConfig
@@ -22,6 +22,9 @@ from datagen.llm.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.rows import BackendConfig, StrictModel
 from datagen.steps import StageConfig
+from datagen.sources.data import DataConfig, Source, open_sources
+from datagen.sources.prompts import check_prompt_source
+from datagen.sources.slots import SamplingSlots
 from datagen.sources.templates import Template, load_template
 from datagen.yaml_io import parse_yaml, read_yaml
 
@@ -32,8 +35,43 @@ MAX_SEED = 2**63 - 1  # seeds are stored as Int64
 
 
 class TemplateUse(StrictModel):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """A template file (`name`) or a data source whose rows are the prompts (`from`; then `name`
+    is the source's name unless given, and is the rows' template_id)."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$")
     count: int | None = Field(None, ge=1, le=MAX_COUNT, description="prompts to draw; all combinations in product mode when unset")
+    source: str | None = Field(None, alias="from", description="bring-your-own prompts: the data source whose rows are the prompts")
+    column: str | None = Field(None, description="from: the column holding the user turn (default 'prompt')")
+    messages_column: str | None = Field(None, description="from: a column of chat messages used as they are")
+    system: str | None = Field(None, description="from: a system message put before each prompt")
+    sampling: SamplingSlots | None = Field(None, description="sampling parameters drawn per prompt (overrides the template's)")
+
+    @model_validator(mode="after")
+    def _template_or_source(self) -> "TemplateUse":
+        if self.source is None:
+            if self.name is None:
+                raise ValueError("name: a template's name, or from: a data source whose rows are the prompts")
+            for name in ("column", "messages_column", "system"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name}: only used with from: (rows of a data source as prompts)")
+            return self
+        if self.column is not None and self.messages_column is not None:
+            raise ValueError("column and messages_column: give one (the user turn, or whole conversations)")
+        if self.messages_column is not None and self.system is not None:
+            raise ValueError("system: not used with messages_column (the conversations are used as they are)")
+        if self.name is None:
+            self.name = self.source
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset(self, handler: Any) -> dict[str, Any]:
+        # Fields added with data sources are left out while unset, so that fingerprints of runs made
+        # before them stay the same.
+        data = handler(self)
+        for key in ("source", "from", "column", "messages_column", "system", "sampling"):
+            if key in data and data[key] is None:
+                del data[key]
+        return data
 
 
 class Price(StrictModel):
@@ -84,6 +122,25 @@ class Recipe(StrictModel):
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     input: InputConfig | None = Field(None, description="failures to target: prompts come from their clusters instead of templates' slots")
     budget: int | None = Field(None, ge=1, le=MAX_COUNT, description="with input: prompts to spread across the failure clusters")
+    data: dict[str, DataConfig] = Field(default_factory=dict, description="the user's data files, by name (datagen.sources.data)")
+
+    @field_validator("data")
+    @classmethod
+    def _data_names(cls, data: dict) -> dict:
+        import re
+
+        for name in data:
+            if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+                raise ValueError(f"{name!r}: a source name is letters, digits, '_', '.' or '-'")
+        return data
+
+    @model_validator(mode="after")
+    def _prompt_sources_exist(self) -> "Recipe":
+        for i, use in enumerate(self.templates):
+            if use.source is not None and use.source not in self.data:
+                known = ", ".join(self.data) or "none"
+                raise ValueError(f"templates[{i}].from: no data source {use.source!r} (data: {known})")
+        return self
 
     @field_validator("stages")
     @classmethod
@@ -171,6 +228,7 @@ class LoadedRecipe:
     recipe: Recipe
     path: Path
     templates: dict[str, Template]
+    sources: dict[str, Source] = field(default_factory=dict)  # the opened data sources, by name
 
     def fingerprint(self) -> str:
         """Identifies what generation produces: templates (their text too), seed, backend, sharding.
@@ -351,18 +409,29 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         error = from_validation_error(err, _error_source(err, path, origins))
         error.message += did_you_mean(err)
         raise error from None
+    sources = open_sources(recipe.data, path)
     templates: dict[str, Template] = {}
     dirs = [(path.parent / d).resolve() for d in recipe.template_dirs]
+    names: set[str] = set()
     for i, use in enumerate(recipe.templates):
-        if use.name in templates:
+        if use.name in names:
             raise DatagenError(f"template {use.name!r} is listed twice", path, f"templates[{i}].name")
+        names.add(use.name)
+        if use.source is not None:
+            check_prompt_source(use, sources[use.source], f"templates[{i}]")
+            continue
         found = next((d / f"{use.name}.yaml" for d in dirs if (d / f"{use.name}.yaml").is_file()), None)
         if found is None:
             searched = ", ".join(str(d) for d in dirs)
             raise DatagenError(f"template {use.name!r} not found (searched {searched})", path, f"templates[{i}].name")
-        templates[use.name] = load_template(found)
+        templates[use.name] = template = load_template(found)
+        for slot_name, slot in template.sources.items():
+            if slot.source not in sources:
+                known = ", ".join(sources) or "none"
+                raise DatagenError(f"slot {slot_name!r} draws from {slot.source!r}, which the recipe's data: section does not name (data: {known})", found, f"slots.{slot_name}")
+            sources[slot.source].check_columns(template.columns[slot_name], f"template {use.name!r} (slots.{slot_name})")
     check_columns(recipe, templates, path)
-    return LoadedRecipe(recipe=recipe, path=path, templates=templates)
+    return LoadedRecipe(recipe=recipe, path=path, templates=templates, sources=sources)
 
 
 def check_columns(recipe: Recipe, templates: dict[str, Template], path: Path) -> None:

@@ -17,15 +17,25 @@ def test_shipped_recipes_validate():
     for path in paths:
         loaded = load_recipe(path)
         recipe = loaded.recipe
-        assert list(loaded.templates) == [t.name for t in recipe.templates], path
+        assert list(loaded.templates) == [t.name for t in recipe.templates if t.source is None], path  # `from:` entries: rows as prompts
         assert all(template.id == name and template.path.stem == name for name, template in loaded.templates.items())
         if recipe.input is not None:  # counterexamples: the budget decides, from the failures' clusters
             assert recipe.budget and all(t.count is None for t in recipe.templates), path
             continue
         prompts = expand_prompts(loaded)
-        wanted = {t.name: t.count if t.count is not None else loaded.templates[t.name].combination_count() for t in recipe.templates}
+        wanted = {t.name: t.count if t.count is not None else _default_count(loaded, t) for t in recipe.templates}
         assert dict(prompts.group_by("template_id").len().rows()) == wanted, path
         assert prompts["prompt_id"].n_unique() == prompts.height == sum(wanted.values()), path
+
+
+def _default_count(loaded, use) -> int:
+    """Prompts of a template entry without a count: every row of a `from:` source, one per row of
+    the largest one-row source a template draws from, else every slot combination."""
+    if use.source is not None:
+        return loaded.sources[use.source].height
+    template = loaded.templates[use.name]
+    singles = [loaded.sources[slot.source].height for slot in template.sources.values() if slot.k is None]
+    return max(singles) if singles else template.combination_count()
 
 
 def test_set_overrides_any_field_and_is_validated(project):

@@ -15,6 +15,9 @@ class ChatRequest:
     seed: int
     # Optional JSON schema the completions must follow (structured output).
     json_schema: dict[str, Any] | None = None
+    # This request's own sampling parameters (drawn per prompt, e.g. its temperature), used instead
+    # of the call's; `n` must stay the call's.
+    sampling: SamplingConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -67,15 +67,42 @@ def request_seed(sampling_seed: int, prompt_id: str) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+# Sampling parameters a prompt row may carry as its own (drawn per prompt: datagen.sources.slots);
+# a null value, or no such column, means the recipe's.
+PER_PROMPT_SAMPLING = ("temperature", "top_p")
+
+
+def prompt_sampling(prompts: pl.DataFrame, sampling: SamplingConfig) -> list[SamplingConfig]:
+    """Each prompt's sampling: the recipe's, with the prompt's own PER_PROMPT_SAMPLING values."""
+    own = [name for name in PER_PROMPT_SAMPLING if name in prompts.columns]
+    if not own:
+        return [sampling] * prompts.height
+    values = prompts.select(own).to_dicts()
+    return [sampling.model_copy(update={k: v for k, v in row.items() if v is not None}) if any(v is not None for v in row.values()) else sampling for row in values]
+
+
 def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingConfig, sampling_seed: int, backend_kind: str) -> pl.DataFrame:
+    """One row per completion of each prompt (n per prompt; one row with the error for a failed
+    request), with provenance. A prompt row's own `temperature` / `top_p` are applied to its
+    request (ChatRequest.sampling), and recorded in those columns and in `sampling`."""
     seeds = [request_seed(sampling_seed, pid) for pid in prompts["prompt_id"]]
-    requests = [ChatRequest(messages=list(m), seed=s, json_schema=sampling.json_schema) for m, s in zip(prompts["messages"].to_list(), seeds)]
+    own = prompt_sampling(prompts, sampling)
+    requests = [
+        ChatRequest(messages=list(m), seed=s, json_schema=sampling.json_schema, sampling=None if mine is sampling else mine)
+        for m, s, mine in zip(prompts["messages"].to_list(), seeds, own)
+    ]
     generations = backend.generate(requests, sampling)
     if len(generations) != len(requests):
         raise RuntimeError(f"backend returned {len(generations)} results for {len(requests)} requests")
     sampling_json = json.dumps(sampling.model_dump(mode="json") | {"seed": sampling_seed}, sort_keys=True)
     rows = []
-    for prompt_row, seed, gen in zip(prompts.iter_rows(named=True), seeds, generations):
+    for prompt_row, seed, gen, mine in zip(prompts.iter_rows(named=True), seeds, generations, own):
+        if mine is not sampling:
+            prompt_row = prompt_row | {name: getattr(mine, name) for name in PER_PROMPT_SAMPLING if name in prompt_row}
+            row_sampling = json.dumps(mine.model_dump(mode="json") | {"seed": sampling_seed}, sort_keys=True)
+        else:
+            prompt_row = prompt_row | {name: getattr(sampling, name) for name in PER_PROMPT_SAMPLING if name in prompt_row}
+            row_sampling = sampling_json
         if gen.error is not None:
             outputs = [(None, "error", 0)]  # one row, so that the failure is visible and counted
         else:
@@ -93,7 +120,7 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
                     "completion_tokens": tokens,
                     "model": backend.model_name,
                     "backend": backend_kind,
-                    "sampling": sampling_json,
+                    "sampling": row_sampling,
                     "generate_keep": gen.error is None,
                     "generate_reason": None if gen.error is None else GENERATE_ERROR,
                     "generate_error": gen.error,

@@ -58,6 +58,7 @@ def fold_system(messages: list[dict[str, str]]) -> list[dict[str, str]]:
 
 
 def request_params(config: BackendConfig, sampling: SamplingConfig, request: ChatRequest) -> dict[str, Any]:
+    sampling = request.sampling or sampling  # a prompt's own parameters (drawn per prompt) win
     messages = fold_system(request.messages) if config.system_prompt == "fold" else request.messages
     params: dict[str, Any] = {
         "model": config.model,

@@ -55,6 +55,8 @@ def engine_kwargs(config: BackendConfig, cpu: bool, seed: int) -> dict[str, Any]
 def sampling_params(sampling: SamplingConfig, request: ChatRequest):
     from vllm import SamplingParams
 
+    sampling = request.sampling or sampling  # a prompt's own parameters (drawn per prompt) win
+
     extra: dict[str, Any] = {}
     if request.json_schema is not None:
         from vllm.sampling_params import StructuredOutputsParams

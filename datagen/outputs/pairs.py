@@ -26,7 +26,7 @@ from datagen.text.normalize import normalize_series
 
 # Prompt-level provenance copied onto every pair.
 PROVENANCE = ("prompt_id", "template_id", "slots", "persona", "difficulty", "topic", "task_type", "reference", "seed", "model", "backend", "sampling",
-              "cluster_id", "cluster_label", "failure_id", "group_id", "lineage")
+              "cluster_id", "cluster_label", "failure_id", "group_id", "lineage", "source_ids", "temperature", "top_p")
 COMPLETION = "completion"
 # Verdicts that say the check could not judge the candidate (missing reference, broken verifier or
 # sandbox, a pattern that backtracks without end, unparsable judge): such a candidate is not known

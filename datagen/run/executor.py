@@ -34,14 +34,34 @@ from datagen.outputs.writer import write_dataset
 
 
 def expand_prompts(loaded: LoadedRecipe) -> pl.DataFrame:
+    """Every prompt of the run, template entry after template entry: rendered templates (their
+    slots may draw from data sources), or a data source's rows as prompts (`from:`), streamed
+    batch by batch. With data sources, every prompt has `source_ids`; with sampling slots, the
+    drawn parameters' columns (`temperature`), null where the recipe's own apply."""
     if loaded.recipe.input is not None:  # prompts from clusters of failures, not from slot vocabularies
         from datagen.counterexamples.expand import counterexample_prompts
 
         return counterexample_prompts(loaded)
-    rows: list[dict] = []
-    for use in loaded.recipe.templates:
-        rows.extend(expand(loaded.templates[use.name], use.count, loaded.recipe.seed))
-    return prompts_frame(rows)
+    from datagen.sources.prompts import source_prompts
+    from datagen.sources.slots import SAMPLED
+
+    recipe = loaded.recipe
+    extra: dict[str, pl.DataType] = {}
+    if recipe.data:
+        extra["source_ids"] = pl.List(pl.String)
+    samplings = [use.sampling or (loaded.templates[use.name].sampling if use.source is None else None) for use in recipe.templates]
+    extra |= {name: pl.Float64 for name in SAMPLED if any(s is not None and getattr(s, name) is not None for s in samplings)}
+    frames: list[pl.DataFrame] = []
+    for use in recipe.templates:
+        if use.source is not None:
+            frames.extend(source_prompts(use, loaded.sources[use.source], recipe.seed, extra))
+            continue
+        rows = expand(loaded.templates[use.name], use.count, recipe.seed, loaded.sources, use.sampling)
+        if "source_ids" in extra:
+            for row in rows:
+                row.setdefault("source_ids", [])
+        frames.append(prompts_frame(rows, extra))
+    return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
 
 
 def build_steps(loaded: LoadedRecipe) -> list[Step]:

@@ -7,11 +7,12 @@ import itertools
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import jinja2
+import polars as pl
 from jinja2 import meta, nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
@@ -20,6 +21,7 @@ from pydantic import ValidationError
 from datagen.bounded import Exceeded, TimeLimit, run_bounded
 from datagen.errors import DatagenError, from_validation_error
 from datagen.rows import PROMOTED_SLOTS, SlotValue, TemplateSpec
+from datagen.sources.slots import SamplingSlots, SourceSlot, columns_used, draw_sampling, plan_source_prompts, split_slots
 from datagen.yaml_io import WrittenFloat, WrittenInt, read_yaml
 
 # Above this many raw combinations we sample slot values independently instead of enumerating.
@@ -95,6 +97,9 @@ class Template:
     path: Path
     compiled: dict[str, jinja2.Template]
     where: Any  # compiled jinja expression or None
+    sources: dict[str, SourceSlot] = field(default_factory=dict)  # slots drawn from the recipe's data sources
+    sampling: SamplingSlots | None = None  # sampling parameters drawn per prompt
+    columns: dict[str, set[str]] = field(default_factory=dict)  # per source slot: the row columns the Jinja fields read
 
     @property
     def id(self) -> str:
@@ -168,6 +173,7 @@ def _check_written_numbers(path: Path, data: dict) -> None:
 def load_template(path: Path) -> Template:
     data = read_yaml(path, "template file", written_numbers=True)
     _check_written_numbers(path, data)
+    data, sources, sampling = split_slots(data, path)
     try:
         spec = TemplateSpec.model_validate(data)
     except ValidationError as err:
@@ -177,6 +183,8 @@ def load_template(path: Path) -> Template:
     env = _environment()
     compiled: dict[str, jinja2.Template] = {}
     used: set[str] = set()
+    declared = set(spec.slots) | set(sources)
+    asts = []
     for field in JINJA_FIELDS:
         source = getattr(spec, field)
         if source is None:
@@ -186,10 +194,11 @@ def load_template(path: Path) -> Template:
         except jinja2.TemplateSyntaxError as err:
             raise DatagenError(f"template syntax error at line {err.lineno}: {err.message}", path, field) from None
         names = _undeclared(ast)
-        unknown = sorted(names - set(spec.slots))
+        unknown = sorted(names - declared)
         if unknown:
-            raise DatagenError(f"unknown slot {unknown[0]!r} (declared: {', '.join(sorted(spec.slots)) or 'none'})", path, field)
+            raise DatagenError(f"unknown slot {unknown[0]!r} (declared: {', '.join(sorted(declared)) or 'none'})", path, field)
         used |= names
+        asts.append(ast)
         compiled[field] = env.from_string(source)
     where = None
     if spec.where is not None:
@@ -200,8 +209,12 @@ def load_template(path: Path) -> Template:
             raise DatagenError(f"expression syntax error: {err.message}", path, "where") from None
         unknown = sorted(names - set(spec.slots))
         if unknown:
-            raise DatagenError(f"unknown slot {unknown[0]!r}", path, "where")
+            drawn = " (a slot drawn from a data source cannot be used in 'where')" if unknown[0] in sources else ""
+            raise DatagenError(f"unknown slot {unknown[0]!r}{drawn}", path, "where")
         used |= names
+    for name in sources:
+        if name not in used:
+            raise DatagenError("slot is declared but never used", path, f"slots.{name}")
     for name, values in spec.slots.items():
         _check_vocabulary(path, name, values)
         if name not in used:
@@ -215,7 +228,7 @@ def load_template(path: Path) -> Template:
                 raise DatagenError(f"weight for unknown value {key!r}", path, f"expansion.weights.{name}")
             if not (weight > 0 and math.isfinite(weight)):
                 raise DatagenError(f"weight must be a positive number (got {weight!r})", path, f"expansion.weights.{name}.{key}")
-    return Template(spec=spec, path=path, compiled=compiled, where=where)
+    return Template(spec=spec, path=path, compiled=compiled, where=where, sources=sources, sampling=sampling, columns=columns_used(asts, sources))
 
 
 def _check_vocabulary(path: Path, name: str, values: list[SlotValue]) -> None:
@@ -303,8 +316,11 @@ def prompt_id(template_id: str, slot_keys: dict[str, str]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int) -> dict[str, Any]:
-    keys = {name: slot_key(value) for name, value in combo.items()}
+def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int, keys: dict[str, Any] | None = None, content: str | None = None) -> dict[str, Any]:
+    """One prompt row. `keys` (default: each slot value's slot_key) name the slot values in `slots`
+    and the prompt id; `content` (a digest of the source rows drawn) is part of the id too, so a
+    changed source row makes a new prompt (and re-runs what depends on it)."""
+    keys = keys if keys is not None else {name: slot_key(value) for name, value in combo.items()}
     messages = []
     system = template.render("system", combo)
     if system:
@@ -314,7 +330,7 @@ def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int) ->
         raise DatagenError("renders to an empty message", template.path, "user")
     messages.append({"role": "user", "content": user})
     row: dict[str, Any] = {
-        "prompt_id": prompt_id(template.id, keys),
+        "prompt_id": prompt_id(template.id, keys if content is None else {"slots": keys, "content": content}),
         "template_id": template.id,
         "messages": messages,
         "slots": json.dumps(keys, sort_keys=True),
@@ -327,11 +343,103 @@ def render_prompt(template: Template, combo: dict[str, SlotValue], seed: int) ->
     return row
 
 
-def expand(template: Template, count: int | None, seed: int) -> list[dict[str, Any]]:
+def expand(template: Template, count: int | None, seed: int, sources: dict | None = None, sampling: SamplingSlots | None = None) -> list[dict[str, Any]]:
     """The rendered prompt rows of one template, computed under a time and memory limit (see
-    bounded_rendering); raises DatagenError naming the template (and the field, when known) on a breach."""
-    prompts = count if count is not None else min(template.combination_count(), ENUMERATION_LIMIT)
-    return bounded_rendering(lambda: _expand(template, count, seed), template.path, prompts)
+    bounded_rendering); raises DatagenError naming the template (and the field, when known) on a breach.
+
+    A template with slots drawn from data sources needs `sources` (name -> datagen.sources.data.Source):
+    the prompts are planned (rows and vocabulary values drawn, datagen.sources.slots) in a bounded
+    child, the rows fetched here, and rendered in a bounded child; each row then carries
+    `source_ids` ("NAME:ID" of every source row drawn). `sampling` (else the template's own)
+    draws sampling parameters per prompt into columns of the same name (`temperature`)."""
+    sampling = sampling or template.sampling
+    if template.sources:
+        rows = _expand_from_sources(template, count, seed, sources or {})
+    else:
+        prompts = count if count is not None else min(template.combination_count(), ENUMERATION_LIMIT)
+        rows = bounded_rendering(lambda: _expand(template, count, seed), template.path, prompts)
+    if sampling is not None:
+        for row in rows:
+            row.update(draw_sampling(sampling, seed, row["prompt_id"]))
+    return rows
+
+
+def _expand_from_sources(template: Template, count: int | None, seed: int, sources: dict) -> list[dict[str, Any]]:
+    missing = sorted(slot.source for slot in template.sources.values() if slot.source not in sources)
+    if missing:
+        raise DatagenError(f"draws from the data source {missing[0]!r}, which the recipe's data: section does not name", template.path, "slots")
+    used = {slot.source: sources[slot.source] for slot in template.sources.values()}
+    sizes = {name: source.height for name, source in used.items()}
+    weights = {}
+    for name, slot in template.sources.items():
+        if slot.weight_column is not None:
+            weights[name] = _weights(used[slot.source], slot.weight_column, f"{template.path.name} slots.{name}")
+    expected = count if count is not None else max((sizes[s.source] for s in template.sources.values() if s.k is None), default=1)
+    plan = bounded_rendering(
+        lambda: plan_source_prompts(template, select_vocabulary(template), count, seed, sizes, weights), template.path, expected
+    )
+    wanted: dict[str, set[int]] = {}
+    for _, positions in plan:
+        for name, where in positions.items():
+            wanted.setdefault(template.sources[name].source, set()).update(where if isinstance(where, list) else [where])
+    fetched = {name: dict(zip(sorted(p), used[name].rows(sorted(p)))) for name, p in wanted.items()}
+
+    def render() -> list[dict[str, Any]]:
+        rows = []
+        for combo, positions in plan:
+            full, keys, ids = dict(combo), {n: slot_key(v) for n, v in combo.items()}, []
+            for name, where in positions.items():
+                slot = template.sources[name]
+                picked = [fetched[slot.source][p] for p in (where if isinstance(where, list) else [where])]
+                values = [{k: v for k, v in r.items() if k != "_id"} for r in picked]
+                names = [f"{slot.source}:{r['_id']}" for r in picked]
+                full[name] = values if isinstance(where, list) else values[0]
+                keys[name] = names if isinstance(where, list) else names[0]
+                ids += names
+            content = hashlib.sha256(json.dumps([full[n] for n in sorted(positions)], sort_keys=True, default=str).encode()).hexdigest()[:16]
+            row = render_prompt(template, full, seed, keys, content)
+            row["source_ids"] = list(dict.fromkeys(ids))
+            rows.append(row)
+        return rows
+
+    return bounded_rendering(render, template.path, len(plan))
+
+
+def _weights(source, column: str, user: str) -> list[float]:
+    """A source's weight column as positive finite floats; raises DatagenError naming the row."""
+    source.check_columns({column}, user)
+    values = source.column_values(column)
+    try:
+        numbers = values.cast(pl.Float64, strict=True)
+    except pl.exceptions.PolarsError:
+        bad = values.cast(pl.Float64, strict=False).is_null().arg_max()
+        raise source.fail(f"{source.where(bad, column)} is not a number, and {user} weighs rows by it") from None
+    bad_rows = (~(numbers > 0) | numbers.is_nan() | numbers.is_infinite())
+    if bad_rows.any():
+        raise source.fail(f"{source.where(bad_rows.arg_max(), column)}: a weight must be a positive number (got {numbers[bad_rows.arg_max()]})")
+    return numbers.to_list()
+
+
+def select_vocabulary(template: Template) -> tuple[list[dict[str, SlotValue]], list[float]] | None:
+    """The template's vocabulary-slot combinations and their weights (one empty combination when
+    it has none), or None when there are more than ENUMERATION_LIMIT (then drawn slot by slot)."""
+    if not template.spec.slots:
+        return [{}], [1.0]
+    if template.combination_count() > ENUMERATION_LIMIT:
+        return None
+    combos = _all_combinations(template)
+    if not combos:
+        raise DatagenError("no slot combination satisfies this expression", template.path, "where")
+    return combos, [_weight(template, c) for c in combos]
+
+
+def draw_vocabulary(template: Template, rng: random.Random) -> dict[str, SlotValue] | None:
+    """One combination drawn slot by slot with the template's weights, or None when `where` refuses it."""
+    weights = template.spec.expansion.weights
+    combo = {}
+    for n, vocab in template.spec.slots.items():
+        combo[n] = rng.choices(vocab, weights=[weights.get(n, {}).get(slot_key(v), 1.0) for v in vocab])[0]
+    return combo if template.accepts(combo) else None
 
 
 def bounded_rendering(render: Callable[[], list[dict[str, Any]]], source: Path, prompts: int) -> list[dict[str, Any]]:
