@@ -157,9 +157,6 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _stages_fit_generator_and_output(self) -> "Recipe":
-        for stage in self.stages:
-            if hasattr(stage, "use_generator_backend"):  # revise: by default the model revises its own answers
-                stage.use_generator_backend(self.backend)
         if self.output.pairs is not None:
             self.output.pairs.check_stages(self.stages)
         if self.output.mix is not None:

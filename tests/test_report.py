@@ -150,7 +150,7 @@ def test_report_funnel_matches_the_manifest_and_the_shards(full_run):
 def test_report_shows_each_stage_kind_and_leaves_out_what_has_no_data(full_run):
     out, _ = full_run
     html = (out / "run" / "report.html").read_text()
-    assert _sections(html) == {"overview", "trust", "funnel", "output", "judge", "verify", "vote", "lengths", "diversity", "samples"}
+    assert _sections(html) == {"overview", "trust", "funnel", "output", "tokens", "judge", "verify", "vote", "lengths", "diversity", "samples"}
     assert html.count('<svg class="plot"') >= 9
     view = load_run(out)
     [judge] = [s for s in view.stages if s["stage"] == "judge"]
@@ -175,7 +175,7 @@ def test_report_escapes_model_output_and_template_values(full_run):
 def test_sections_appear_with_dpo_pairs_and_counterexample_clusters(cli_run, dpo_run):
     view = load_run(cli_run[0])
     html = build_report(view)
-    assert _sections(html) == {"overview", "trust", "funnel", "output", "lengths", "samples"}
+    assert _sections(html) == {"overview", "trust", "funnel", "output", "tokens", "lengths", "samples"}
     assert "chosen vs rejected" not in html
 
     html = (dpo_run / "run" / "report.html").read_text()

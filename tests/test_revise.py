@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from datagen.sources.constitutions import load_constitution, shipped_constitutions
 from datagen.errors import DatagenError
-from datagen.run.executor import apply_stage, run_pipeline
+from datagen.run.executor import apply_stage, build_steps, run_pipeline
 from datagen.recipe import load_recipe
 from datagen.rows import BackendConfig
 from datagen.steps.revise import ReviseConfig, ReviseStage, clean_revision
@@ -140,11 +140,17 @@ def test_config_errors():
 def test_recipe_revise_stage_uses_the_generator_backend_unless_given_one(project):
     path = project(backend={"kind": "scripted", "responses": ["Use the reset button."], "sampling": {"n": 1}},
                    stages=[{"stage": "revise"}])
-    stage = load_recipe(path).recipe.stages[0]
-    assert stage.backend.kind == "scripted" and stage.backend.responses == ["Use the reset button."]
-    own = load_recipe(path, ["stages.0.backend={kind: vllm, model: embedded}"]).recipe.stages[0]
+    loaded = load_recipe(path)
+    stage = loaded.recipe.stages[0]
+    assert stage.backend is None, "the recipe leaves the stage as written; the step resolves its model"
+    [built] = build_steps(loaded)
+    assert built.backend.kind == "scripted" and built.backend.responses == ["Use the reset button."]
+    assert built.backend_config() == BackendConfig(kind="scripted", responses=["Use the reset button."])
+    own_recipe = load_recipe(path, ["stages.0.backend={kind: vllm, model: embedded}"])
+    own = own_recipe.recipe.stages[0]
     assert own.backend.kind == "vllm"
     assert own.build().backend_config() == BackendConfig(kind="vllm", model="embedded")
+    assert build_steps(own_recipe)[0].backend_config() == BackendConfig(kind="vllm", model="embedded")
     assert ReviseConfig().build().backend_config() == BackendConfig(), "outside a recipe: the embedded vLLM model"
 
 

@@ -24,7 +24,7 @@ from datagen.sources.constitutions import Constitution, Principle, load_constitu
 from datagen.llm.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
 from datagen.rows import BackendConfig
-from datagen.steps.base import StageConfigBase, Step
+from datagen.steps.base import StageConfigBase, Step, StepContext
 
 COLUMNS = ("principle", "critique", "revision", "error")
 CRITIQUE_REQUEST = "Critique request: {critique}\nWrite only the critique, in a few sentences. Do not rewrite the response yet."
@@ -66,6 +66,7 @@ class ReviseConfig(StageConfigBase):
     critique_max_tokens: int = Field(128, ge=1, description="the critique's token budget; sampling.max_tokens is the revision's")
     seed: int = Field(0, ge=0, description="seeds the principle drawn per candidate and the requests")
     on_error: Literal["keep", "drop"] = Field("keep", description="what happens to a candidate whose revision failed")
+    needs_context: ClassVar[bool] = True
 
     @field_validator("constitution", mode="after")
     @classmethod
@@ -91,13 +92,20 @@ class ReviseConfig(StageConfigBase):
         assert isinstance(self.constitution, Constitution)  # the validator loads it
         return self.constitution
 
-    def use_generator_backend(self, generator: BackendConfig) -> None:
-        """Called by the recipe: without a backend of its own, the stage uses the generator's model."""
-        if self.backend is None:
-            self.backend = ReviseBackendConfig.model_validate(generator.model_dump(exclude={"sampling"}, exclude_unset=True))
+    def model_backend(self, context: StepContext | None) -> ReviseBackendConfig | None:
+        """The model that critiques and revises: the stage's own backend, else (in a run) the
+        generator's, so the model revises its own answers. Resolved here, from the run's context:
+        the recipe's config of the stage is left as written."""
+        if self.backend is not None or context is None:
+            return self.backend
+        return ReviseBackendConfig.model_validate(context.generator.model_dump(exclude={"sampling"}, exclude_unset=True))
 
     def build(self) -> "ReviseStage":
+        """The stage outside a run: its own backend, else the embedded default model."""
         return ReviseStage(self)
+
+    def build_step(self, context: StepContext) -> "ReviseStage":
+        return ReviseStage(self, backend=self.model_backend(context))
 
 
 def clean_revision(text: str) -> str:
@@ -105,17 +113,22 @@ def clean_revision(text: str) -> str:
 
 
 class ReviseStage(Step):
-    def __init__(self, config: ReviseConfig, backend_factory: Callable[[], Backend] | None = None):
+    """Built ReviseConfig. `backend`: the model it asks (ReviseConfig.model_backend in a run);
+    default: the config's own, else the embedded default model."""
+
+    def __init__(self, config: ReviseConfig, backend_factory: Callable[[], Backend] | None = None, backend: ReviseBackendConfig | None = None):
         self.config = config
         self.label = config.label
+        self.backend = backend or config.backend or ReviseBackendConfig()
+        # the generator's model, which is not the config's `backend`: the Ray executor places it
+        self.engine = self.backend if config.backend is None and backend is not None else None
         wanted = config.principles
         self.principles: list[Principle] = [p for p in config.constitution_spec.principles if wanted is None or p.id in wanted]
-        self.model = StageModel(backend_factory or self._default_backend, "revise", self.label, config.backend or ReviseBackendConfig())
+        self.model = StageModel(backend_factory or self._default_backend, "revise", self.label, self.backend)
 
     def backend_config(self) -> BackendConfig:
-        """The model that critiques and revises: the stage's backend (in a recipe, the generator's
-        unless it has its own), else the embedded default."""
-        config = self.config.backend or ReviseBackendConfig()
+        """The model that critiques and revises (see the class), as a plain backend config."""
+        config = self.backend
         # Only the fields that were set: kind-specific fields must stay unset for the other kinds.
         return BackendConfig.model_validate(config.model_dump(exclude={"sampling"}, exclude_unset=True))
 
