@@ -14,7 +14,7 @@ import polars as pl
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from datagen.outputs.config import PairsConfig
-from datagen.outputs.mix import MixConfig
+from datagen.outputs.mix import MixConfig, check_real_source
 from datagen.counterexamples.config import InputConfig
 from datagen.credentials import find_secret, secret_message
 from datagen.errors import DatagenError, from_validation_error
@@ -161,6 +161,7 @@ class Recipe(StrictModel):
             self.output.pairs.check_stages(self.stages)
         if self.output.mix is not None:
             self.output.mix.check_stages(self.stages)
+            self.output.mix.check_sources(self.data)
         return self
 
     @model_validator(mode="after")
@@ -428,6 +429,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
                 raise DatagenError(f"slot {slot_name!r} draws from {slot.source!r}, which the recipe's data: section does not name (data: {known})", found, f"slots.{slot_name}")
             sources[slot.source].check_columns(template.columns[slot_name], f"template {use.name!r} (slots.{slot_name})")
     check_columns(recipe, templates, path)
+    if recipe.output.mix is not None and recipe.output.mix.real is not None:
+        check_real_source(recipe.output.mix.real, sources[recipe.output.mix.real.source], path)
     return LoadedRecipe(recipe=recipe, path=path, templates=templates, sources=sources)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import difflib
 import json
 import random
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jinja2
@@ -29,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from datagen.errors import DatagenError
 from datagen.outputs.formula import Formula, FormulaError, parse_formula
 from datagen.rows import StrictModel
-from datagen.sources.templates import MAX_RENDERED_CHARS, _environment
+from datagen.sources.templates import MAX_RENDERED_CHARS, _environment, _undeclared
 
 if TYPE_CHECKING:
     from datagen.sources.data import Source
@@ -132,6 +133,12 @@ class MixConfig(StrictModel):
                     hint = f"; did you mean {close[0]!r}?" if close else f" (it writes {', '.join(columns)})"
                     raise ValueError(f"output.mix.{field}: the step {owners[0]!r} writes no column {name!r}{hint}")
 
+    def check_sources(self, names: Any) -> None:
+        """`real.from` must name a data source of the recipe (`names`: its data: section)."""
+        if self.real is not None and self.real.source not in names:
+            known = ", ".join(names) or "none"
+            raise ValueError(f"output.mix.real.from: no data source {self.real.source!r} (data: {known})")
+
     def formulas(self) -> dict[str, Formula]:
         """field -> parsed formula, for the fields that hold one."""
         return {name: parse_formula(text) for name, text in (("weight", self.weight), ("rank_by", self.ranking)) if text is not None}
@@ -231,16 +238,18 @@ def real_rows(source: "Source", config: RealRowsConfig, fmt: str, synthetic: int
     `prompt` + `completion`), with `origin: real`, `source_ids` (["NAME:ID"]) and `weight` when given.
 
     Only the answer column is read for every row; the picked rows (sampled without replacement
-    with `seed`, written in the source's order) are fetched by position. DatagenError (naming
-    `recipe`, the output.mix.real field, the source's file and the row) for an `answer` column the
-    source lacks, or a user/system turn that cannot render for a picked row."""
+    with `seed`, written in the source's order) are fetched by position. The answer is optional in
+    a source's data contract: rows without one, or a source without the column, give no real row.
+    DatagenError (naming `recipe`, the output.mix.real field, the source's file and the row) for a
+    user/system turn that cannot render for a picked row (see check_real_source, run before)."""
     from datagen.sources.data import ID, ROW
 
     name = config.source
-    if config.answer not in source.columns:
-        raise DatagenError(f"the data source {name!r} ({source.path}) has no column {config.answer!r} (columns: {', '.join(source.columns)})", recipe, "output.mix.real.answer")
-    answer = pl.col(config.answer).cast(pl.String)
-    usable = source.frame.filter(answer.is_not_null() & (answer.str.strip_chars() != "")).select(ROW).collect()[ROW].to_list()
+    if config.answer in source.columns:
+        answer = pl.col(config.answer).cast(pl.String)
+        usable = source.frame.filter(answer.is_not_null() & (answer.str.strip_chars() != "")).select(ROW).collect()[ROW].to_list()
+    else:
+        usable = []
     n = config.wanted(synthetic, len(usable))
     picked = sorted(random.Random(f"{seed}:mix.real:{name}").sample(usable, n))
     templates = config.compiled()
@@ -261,7 +270,24 @@ def real_rows(source: "Source", config: RealRowsConfig, fmt: str, synthetic: int
         frame = frame.with_columns(pl.lit(weight, dtype=pl.Float64).alias(WEIGHT))
     wanted = config.count if config.count is not None else (f"ratio {config.ratio}" if config.ratio is not None else "all")
     stats = {"source": name, "rows": source.height, "without_answer": source.height - len(usable), "wanted": wanted, "written": frame.height}
+    if config.answer not in source.columns:
+        stats["no_answer_column"] = config.answer
     return frame, stats
+
+
+def check_real_source(config: RealRowsConfig, source: "Source", recipe: Path | str | None = None) -> None:
+    """Before anything runs: every column the real rows' user/system turns read exists in the
+    source and is never null there (datagen.sources.data.Source.check_columns: DatagenError naming
+    the file, row and column). The answer column may be missing or null (no real row then)."""
+    env = _environment()
+    needed = set()
+    for text in (config.system, config.user):
+        if text is not None:
+            needed |= _undeclared(env.parse(text))
+    unknown = sorted(needed - set(source.columns))
+    if unknown:
+        raise DatagenError(f"the real rows' turns use the column {unknown[0]!r}, which the data source {config.source!r} ({source.path}) does not have (columns: {', '.join(source.columns)})", recipe, "output.mix.real")
+    source.check_columns(needed, "output.mix.real")
 
 
 def mix_lines(stats: dict[str, Any] | None) -> list[str]:
@@ -275,7 +301,8 @@ def mix_lines(stats: dict[str, Any] | None) -> list[str]:
     lines.append(f"- Rows by origin: synthetic {origin.get(SYNTHETIC, 0)}, real {origin.get(REAL, 0)}")
     if "real" in mix:
         r = mix["real"]
-        lines.append(f"- Real rows: {r['written']} from the data source `{r['source']}` ({r['rows']} rows, {r['without_answer']} without an answer)")
+        missing = f"; it has no column `{r['no_answer_column']}`" if "no_answer_column" in r else ""
+        lines.append(f"- Real rows: {r['written']} from the data source `{r['source']}` ({r['rows']} rows, {r['without_answer']} without an answer{missing})")
     if "rank" in mix:
         r = mix["rank"]
         per = ", ".join(r["per"]) or "the whole output"
