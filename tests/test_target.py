@@ -258,3 +258,28 @@ def test_killed_target_run_resumes_to_the_same_rows(tmp_path, point, hit):
     assert resumed.returncode == 0, resumed.stderr
     assert written(tmp_path / "out").equals(written(tmp_path / "baseline"))
     assert written(tmp_path / "out")["prompt_id"].to_list() == stream(recipe)[:10]
+
+
+def test_one_engine_for_every_wave_unless_another_step_calls_a_model(tmp_path):
+    from helpers import CountingFactory
+
+    recipe = make_recipe(tmp_path, target_rows=10)
+    factory = CountingFactory(lambda: ScriptedModel(reply=one_of_two))
+    result = run_pipeline(load_recipe(recipe), tmp_path / "alone", backend_factory=factory, progress="none")
+    assert result.target.reached and len(factory.started) == 1 and factory.started[0].closed
+
+    # with an llm step (a second engine) the generator's is started and closed wave by wave
+    step = '{stage: llm, name: polish, user: "Polish: {{ completion }}", backend: {kind: scripted}}'
+    factory = CountingFactory(lambda: ScriptedModel(reply=one_of_two))
+    result = run_pipeline(load_recipe(recipe, [f"stages.+={step}"]), tmp_path / "two", backend_factory=factory, progress="none")
+    assert result.target.reached and len(factory.started) == 2 and all(model.closed for model in factory.started)
+    assert written(tmp_path / "two").height == 10
+
+
+def test_a_run_without_the_target_forgets_it(tmp_path):
+    recipe = make_recipe(tmp_path, target_rows=4)
+    run(recipe, tmp_path / "out")
+    result, _ = run(recipe, tmp_path / "out", overrides=["output.target_rows=null"])
+    assert result.target is None and result.rows_written == PROMPTS  # one row per prompt, every prompt
+    manifest = json.loads((tmp_path / "out" / "run" / "manifest.json").read_text())
+    assert "target" not in manifest and "Target:" not in (tmp_path / "out" / "README.md").read_text()

@@ -200,19 +200,25 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
         context.process(list(range(len(shards))))
         used = len(shards)
     else:
-        held = _HeldEngine(opener)  # one engine for every wave, not one per wave
-        context.opener, context.keep_open = held, True
+        # One engine for every wave, unless another step calls a model too: engines are then
+        # started and closed wave by wave, one at a time, as in a run without a target (two vLLM
+        # engines on one GPU would not fit).
+        context.prefix, context.hold = True, len(step_models(loaded)) == 1
+        held = context.opener = _HeldEngine(opener) if context.hold else opener
         say = None if progress in (False, "none") else stderr_line
         try:
             outcome = run_to_target(target, [s.height for s in shards], context.process, lambda j: build([last(j)])[0].height,
                                     context.figures, target.limit(available), say)
         finally:
-            held.close()
+            if isinstance(held, _HeldEngine):
+                held.close()
             for stage in stages:
                 stage.close()
         used = outcome.used
         context.summaries(used)
         manifest["target"] = outcome.record()
+    if target is None:
+        manifest.pop("target", None)  # left by an earlier run of this recipe to a target
 
     stage_stats = summarize(manifest, labels, used if target is not None else None)
     models = step_models(loaded)
@@ -269,9 +275,9 @@ class _Unclosed:
 
 @dataclass
 class _Shards:
-    """Runs given shards through every step. With `keep_open` (a target run) steps stay open
-    between calls, and a step that decides over the run is fitted per shard on the shards up to
-    it (prefix), so that a shard's result does not depend on which shards came after it."""
+    """Runs given shards through every step. With `prefix` (a target run) a step that decides
+    over the run is fitted per shard on the shards up to it, so that a shard's result does not
+    depend on which shards came after it; with `hold` steps stay open between calls."""
 
     loaded: LoadedRecipe
     run: RunDir
@@ -282,14 +288,15 @@ class _Shards:
     runner: "ShardRunner"
     opener: Callable[[], Backend]
     progress: bool | str
-    keep_open: bool = False
+    prefix: bool = False
+    hold: bool = False
 
     def process(self, wave: list[int]) -> None:
         recipe, manifest, labels = self.loaded.recipe, self.manifest, self.labels
         for index, label in enumerate(labels):
             entry = manifest["stages"][label]
             global_input = index > 0 and isinstance(self.stages[index - 1], RunStep)
-            keys_now = {j: shard_key(manifest, labels, index, j, self.shards, global_input, prefix=self.keep_open) for j in wave}
+            keys_now = {j: shard_key(manifest, labels, index, j, self.shards, global_input, prefix=self.prefix) for j in wave}
             todo = {j: key for j, key in keys_now.items() if not self.run.shard_done(index, label, j, entry["shards"].get(str(j)), key)}
             if index == 0:
                 run_generate(self.loaded, self.run, manifest, self.shards, todo, self.runner, self.opener, self.progress)
@@ -297,9 +304,9 @@ class _Shards:
             stage = self.stages[index - 1]
             try:
                 _run_filter(stage, recipe.stages[index - 1], index, labels, self.run, manifest, len(self.shards), todo, self.progress,
-                            self.runner, prefix=self.keep_open)
+                            self.runner, prefix=self.prefix)
             finally:
-                if not self.keep_open:
+                if not self.hold:
                     stage.close()  # a step that holds a model (judge, llm) releases it here
 
     def summaries(self, used: int) -> None:

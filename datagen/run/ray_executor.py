@@ -6,9 +6,11 @@ executor does (run directory, manifest and resume, `fit` of global stages, per-s
 
 - generation: `map_batches` over an actor pool when the backend is vLLM: each actor opens one
   engine on `tensor_parallel_size` GPUs (one engine per GPU by default; a single actor on a
-  machine without GPUs) and generates whole shards. Other backends run as tasks.
-- filters: `map_batches` per stage, as tasks (one per CPU) that build the stage from its config
-  once per worker process, or as GPU actors for a stage that holds a vLLM engine (judge, revise).
+  machine without GPUs) and generates whole shards; other backends get one actor per CPU.
+- filters: `map_batches` per stage over an actor pool: each actor builds the stage once (from its
+  config, or as shipped from the driver) and keeps it for the stage's shards; one actor per CPU,
+  per GPU for a stage on GPUs, or per engine for a stage that holds a vLLM engine (judge, revise).
+  Everything a worker holds belongs to its actor, which ends with the stage's map.
   A stage with global state (`fit`: dedup, collapse) is fitted on the driver over every alive row
   of the run, exactly as locally, and the fitted stage is what the workers get, so its verdicts
   are global rather than per block.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -87,28 +88,9 @@ def _build_stage(source: StageConfigBase | list) -> Step:
     return source.build()
 
 
-_PROCESS_CACHE: dict[str, Any] = {}
-
-
-def _cached(key: str, make: Callable[[], Any]) -> Any:
-    """One backend or stage per worker process and stage run: Ray runs tasks in long-lived worker
-    processes, so later shards of the same run reuse what the first one built."""
-    if key not in _PROCESS_CACHE:
-        _PROCESS_CACHE.clear()  # the previous stage's object: stages run one after another
-        _PROCESS_CACHE[key] = make()
-    return _PROCESS_CACHE[key]
-
-
-def generate_task(table, key: str, open_backend: Callable[[], Backend], sampling: SamplingConfig, sampling_seed: int, kind: str) -> Iterator[Any]:
-    yield from _generate(table, _cached(key, open_backend), sampling, sampling_seed, kind)
-
-
-def stage_task(table, key: str, source: StageConfigBase | list, config: StageConfigBase) -> Iterator[Any]:
-    yield from _apply(table, _cached(key, lambda: _build_stage(source)), config)
-
-
 class GenerateWorker:
-    """An actor that holds one backend (one vLLM engine, on its GPUs) for every shard it gets."""
+    """An actor that holds one backend (a vLLM engine on its GPUs, or any other backend) for every
+    shard it gets; it lives as long as the stage's map, so nothing outlives the stage."""
 
     def __init__(self, open_backend: Callable[[], Backend], sampling: SamplingConfig, sampling_seed: int, kind: str):
         # Opened on the first shard, not here: Ray reports an error raised in a constructor as a
@@ -123,7 +105,8 @@ class GenerateWorker:
 
 
 class StageWorker:
-    """An actor that holds one stage, for stages that hold a model (a judge's engine)."""
+    """An actor that holds one built stage (a judge's engine, an encoder, compiled checks) for
+    every shard it gets, for as long as the stage's map runs."""
 
     def __init__(self, source: StageConfigBase | list, config: StageConfigBase):
         self.source, self.stage = source, None  # built on the first shard, as GenerateWorker does
@@ -211,8 +194,7 @@ class RayRunner:
             return
         args = (open_backend, backend.sampling, sampling_seed, backend.kind)
         engine = backend if _uses_vllm(backend) else None
-        worker, args = (GenerateWorker, args) if engine else (generate_task, (uuid.uuid4().hex, *args))
-        yield from self._map(shards, worker, args, self._resources(len(shards), engine))
+        yield from self._map(shards, GenerateWorker, args, self._resources(len(shards), engine))
 
     def filter(self, stage: Step, config: StageConfigBase, sources: list[tuple[int, Path]]) -> Iterator[tuple[int, pl.DataFrame, pl.DataFrame, float]]:
         if not sources:
@@ -228,18 +210,16 @@ class RayRunner:
         # model, the sampling seed), which has not opened its model yet: ship it too.
         # Any other stage is rebuilt from its config where it runs.
         source = [ray.put(stage)] if fitted or config.needs_context else config
-        args = (source, config)
-        worker, args = (StageWorker, args) if engine or gpu else (stage_task, (uuid.uuid4().hex, *args))
         paths = dict(sources)
         inputs = ((j, pl.read_parquet(path)) for j, path in sources)
-        for j, after, seconds in self._map(inputs, worker, args, self._resources(len(sources), engine, gpu)):
+        for j, after, seconds in self._map(inputs, StageWorker, (source, config), self._resources(len(sources), engine, gpu)):
             yield j, pl.read_parquet(paths[j]), after, seconds
 
     # --- internals -----------------------------------------------------------------------
 
     def _resources(self, shards: int, engine: BackendConfig | None = None, gpu: bool = False) -> dict[str, Any]:
         """Parallelism and per-worker resources: one actor per engine's GPUs for a model on GPUs,
-        a single actor for vLLM without GPUs (its CPU build uses every core), else one task per CPU."""
+        a single actor for vLLM without GPUs (its CPU build uses every core), else one actor per CPU."""
         import ray
 
         resources = ray.cluster_resources()
@@ -257,17 +237,15 @@ class RayRunner:
             size, ask = cpus, {}
         return {"size": max(1, min(self.workers or size, shards)), "num_cpus": 1, **ask}
 
-    def _map(self, inputs: Iterable[tuple[int, pl.DataFrame]], worker: Callable, args: tuple, resources: dict[str, Any]) -> Iterator[tuple[int, pl.DataFrame, float]]:
+    def _map(self, inputs: Iterable[tuple[int, pl.DataFrame]], worker: type, args: tuple, resources: dict[str, Any]) -> Iterator[tuple[int, pl.DataFrame, float]]:
+        """The shards through a pool of `worker` actors (built with `args`), each holding what it
+        opened for the length of this map: no state outlives a stage in a Ray worker process."""
         import ray
-        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+        from ray.data import ActorPoolStrategy
 
         refs = [ray.put(_to_arrow(frame.with_columns(pl.lit(j, pl.Int64).alias(SHARD)))) for j, frame in inputs]
-        size = resources.pop("size")
-        if isinstance(worker, type):
-            mapping = {"fn_constructor_args": args, "compute": ActorPoolStrategy(size=size)}
-        else:
-            mapping = {"fn_args": args, "compute": TaskPoolStrategy(size=size)}
-        dataset = ray.data.from_arrow_refs(refs).map_batches(worker, batch_size=None, batch_format="pyarrow", **mapping, **resources)
+        compute = ActorPoolStrategy(size=resources.pop("size"))
+        dataset = ray.data.from_arrow_refs(refs).map_batches(worker, batch_size=None, batch_format="pyarrow", fn_constructor_args=args, compute=compute, **resources)
         pieces: dict[int, list[pl.DataFrame]] = {}
         try:
             for table in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):

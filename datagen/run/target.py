@@ -42,14 +42,17 @@ class Target:
     def of(cls, loaded: Any) -> "Target | None":
         """The recipe's target, None without `output.target_rows`.
 
-        Raises DatagenError: a counterexample recipe (its size is its budget), or a budget smaller
-        than one prompt's samples."""
+        Raises DatagenError: a counterexample recipe (its size is its budget), a final mix (ranked
+        and cut over every row), or a budget smaller than one prompt's samples."""
         recipe = loaded.recipe
         output = recipe.output
         if output.target_rows is None:
             return None
         if recipe.input is not None:
             raise DatagenError("a counterexample run's size is its budget; remove output.target_rows", loaded.path, "output.target_rows")
+        if getattr(output, "mix", None) is not None:  # its rank and top-k cut decide over every row, not shard by shard
+            raise DatagenError("output.mix ranks and cuts over all the rows, a target counts them shard by shard; use one of them",
+                               loaded.path, "output.target_rows")
         n = recipe.backend.sampling.n
         if output.max_candidates is not None and output.max_candidates < n:
             raise DatagenError(
