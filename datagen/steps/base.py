@@ -37,7 +37,9 @@ class StepContext:
 class StageConfigBase(StrictModel):
     """A step as a recipe writes it. Class-level declarations (not fields):
       scope: "row" (each row on its own), "group" (the rows of one group_id together, e.g. vote),
-        "run" (every alive row of the run, e.g. dedup; its step is a RunStep).
+        "run" (every alive row of the run, e.g. dedup; its step is a RunStep). Read it from the
+        config (`config.scope`): a kind whose scope depends on a field makes it a property
+        (judge: group when pairwise).
       expands: the step returns new rows (children) instead of annotating its input rows.
       needs_context: the step is built with the run's StepContext (build_step).
     """

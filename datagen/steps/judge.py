@@ -37,7 +37,7 @@ from datagen.llm.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
 from datagen.sources.rubrics import SCALE, Rubric, load_rubric
 from datagen.rows import BackendConfig
-from datagen.steps.base import StageConfigBase, Step
+from datagen.steps.base import Scope, StageConfigBase, Step
 from datagen.run.run_dir import atomic_write_bytes, content_key
 from datagen.sources.templates import MAX_RENDERED_CHARS, _environment, _undeclared, bounded_rendering
 
@@ -105,6 +105,11 @@ class JudgeConfig(StageConfigBase):
         if clash:
             raise ValueError(f"the judge column {clash[0]!r} would overwrite a candidate column; choose another 'name'")
         return self
+
+    @property
+    def scope(self) -> Scope:  # type: ignore[override]
+        """pairwise compares the samples of one prompt with each other (group); pointwise judges each row."""
+        return "group" if self.mode == "pairwise" else "row"
 
     @property
     def rubric_spec(self) -> Rubric:
