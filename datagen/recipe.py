@@ -416,7 +416,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
             raise DatagenError(f"template {use.name!r} is listed twice", path, f"templates[{i}].name")
         names.add(use.name)
         if use.source is not None:
-            check_prompt_source(use, sources[use.source], f"templates[{i}]")
+            check_prompt_source(use, sources[use.source], f"templates[{i}]", path)
             continue
         found = next((d / f"{use.name}.yaml" for d in dirs if (d / f"{use.name}.yaml").is_file()), None)
         if found is None:

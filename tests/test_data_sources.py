@@ -377,8 +377,10 @@ def test_a_changed_source_row_reruns_only_what_depends_on_it(project, tmp_path):
     changed = [dict(p) for p in PROMPTS]
     changed[2]["prompt"] = "What is 19 * 3?"  # shard 1 holds prompts 2 and 3
     write_jsonl(project.root / "pipelines" / "examples" / "prompts.jsonl", changed)
+    digest = json.loads((out / "run" / "manifest.json").read_text())["resolved"]["data_files"]["prompts"]["digest"]
     third = CountingFactory(lambda: ScriptedModel(["An answer that is long enough."]))
     run_pipeline(load_recipe(recipe), out, progress=False, backend_factory=third)
+    assert json.loads((out / "run" / "manifest.json").read_text())["resolved"]["data_files"]["prompts"]["digest"] != digest
     asked = [r.messages[-1]["content"] for b in third.started for call in b.calls for r in call.requests]
     assert sorted(asked) == sorted(["What is 19 * 3?", PROMPTS[3]["prompt"]])
     rows = datasets.load_dataset(str(out), split="train")

@@ -257,10 +257,12 @@ CHANGES_SHOWN = 4
 
 def resolved_recipe(loaded: Any) -> dict[str, Any]:
     """What the manifest keeps of a recipe to say later what changed: its resolved fields (after
-    --set and defaults) and a digest of each template file."""
+    --set and defaults), a digest of each template file, and of each data source's content (a
+    changed source row changes the prompt ids drawn from it, so only their shards run again)."""
     return {
         "recipe": loaded.recipe.model_dump(mode="json"),
         "template_files": {name: file_digest(t.path) for name, t in sorted(loaded.templates.items())},
+        "data_files": {name: {"path": str(s.path), "digest": s.digest} for name, s in sorted(getattr(loaded, "sources", {}).items())},
     }
 
 

@@ -28,13 +28,13 @@ DEFAULT_COLUMN = "prompt"
 ROLES = ("system", "user", "assistant")
 
 
-def check_prompt_source(use, source: Source, field: str) -> None:
+def check_prompt_source(use, source: Source, field: str, recipe_path=None) -> None:
     """The columns a bring-your-own entry reads exist and hold what it needs in every row: text for
     `column`, conversations ending with a user turn for `messages_column`. Raises DatagenError
     naming the file, the row and the column."""
     user = f"{field} (from: {source.name})"
     if use.count is not None and use.count > source.height:
-        raise DatagenError(f"count {use.count} is more than the {source.height} rows of the source {source.name!r}", None, f"{field}.count")
+        raise DatagenError(f"count {use.count} is more than the {source.height} rows of the source {source.name!r}", recipe_path, f"{field}.count")
     if use.messages_column is None:
         column = use.column or DEFAULT_COLUMN
         source.check_columns({column}, user)
