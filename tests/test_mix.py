@@ -140,6 +140,8 @@ def test_mix_errors_name_the_field():
         apply_mix(judged(ROWS), MixConfig(weight="judge_tone"), "recipe.yaml")
     with pytest.raises(DatagenError, match=r"output.mix.per: per names 'audience', which is neither a column .*slots: persona, qtype"):
         apply_mix(judged(ROWS), MixConfig(weight="judge_fluent", per=["audience"]))
+    with pytest.raises(DatagenError, match=r"output.mix.per: per names 'lineage', which holds List\(String\), not one value per row"):
+        apply_mix(judged(ROWS), MixConfig(weight="judge_fluent", per=["lineage"]))
     for bad, says in [({"top_k": 2}, "top_k needs rank_by or weight"), ({"per": ["persona"]}, "per groups the ranking"), ({"weight": "a +"}, "not a formula")]:
         with pytest.raises(ValueError, match=says):
             MixConfig(**bad)

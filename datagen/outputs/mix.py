@@ -150,6 +150,8 @@ def _group_keys(rows: pl.DataFrame, per: list[str], source: str | None) -> list[
     keys = []
     for name in per:
         if name in rows.columns:
+            if rows.schema[name].is_nested():
+                raise DatagenError(f"per names {name!r}, which holds {rows.schema[name]}, not one value per row", source, "output.mix.per")
             keys.append(pl.col(name).cast(pl.String).alias(f"_per_{name}"))
         elif "slots" in rows.columns:
             keys.append(pl.col("slots").str.json_path_match(f"$.{name}").alias(f"_per_{name}"))
