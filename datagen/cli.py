@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def recipe_command(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("recipe", type=Path, help="pipeline recipe (YAML)")
+        p.add_argument("recipe", type=Path, help="pipeline recipe (YAML), or a shipped recipe's name (datagen recipes)")
         p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                        help="override any recipe field (repeatable), e.g. --set backend.sampling.n=4")
         return p
@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     validate.add_argument("--prices", type=Path, metavar="FILE", help="with --estimate: a price file as for run")
     preview = recipe_command("preview", "Print rendered prompts and their slot values, without loading a model.")
     preview.add_argument("-n", type=int, default=5, help="how many prompts to show (default 5)")
+
+    help_text = "List the shipped recipes: run or validate one by name (datagen run quickstart --out DIR)."
+    sub.add_parser("recipes", help=help_text, description=help_text)
 
     help_text = "Show a run's key figures (rows per stage, drop reasons, scores) and, with --rows/--where, its rows."
     inspect = sub.add_parser("inspect", help=help_text, description=help_text)
@@ -429,7 +432,19 @@ def cmd_counterexamples(args: argparse.Namespace) -> int:
     return cmd_run(run)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "preview": cmd_preview, "dedup": cmd_dedup, "inspect": cmd_inspect,
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from datagen.sources.shipped import PIPELINES, shipped_recipes
+
+    recipes = shipped_recipes()
+    width = max(map(len, recipes), default=0)
+    for name, description in recipes.items():
+        short = description if len(description) <= 100 else description[:99] + "\u2026"
+        print(f"{name:<{width}}  {short}".rstrip())
+    print(f"({len(recipes)} recipes in {PIPELINES}; copy one to edit it)")
+    return 0
+
+
+COMMANDS = {"recipes": cmd_recipes, "run": cmd_run, "validate": cmd_validate, "preview": cmd_preview, "dedup": cmd_dedup, "inspect": cmd_inspect,
             "counterexamples": cmd_counterexamples}
 
 

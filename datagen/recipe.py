@@ -22,6 +22,7 @@ from datagen.llm.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.rows import BackendConfig, StrictModel
 from datagen.steps import StageConfig
+from datagen.sources.shipped import recipe_file
 from datagen.sources.data import DataConfig, Source, open_sources
 from datagen.sources.prompts import check_prompt_source
 from datagen.sources.slots import SamplingSlots
@@ -386,7 +387,11 @@ def _error_source(err: ValidationError, recipe_path: Path, overrides: dict[str, 
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:
-    path = Path(path)
+    """The recipe file at `path` (or the shipped recipe of that name, datagen.sources.shipped.recipe_file),
+    with `--set` overrides applied, validated with every template it names.
+
+    Raises DatagenError (naming the file and field) for anything wrong in it."""
+    path = recipe_file(path)
     data = read_yaml(path, "recipe file")
     origins: dict[str, str] = {}
     for text in overrides or []:
