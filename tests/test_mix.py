@@ -282,6 +282,12 @@ def test_judge_context_that_cannot_render_is_that_rows_error_and_asks_nothing():
         JudgeConfig(rubric="grounded", context="{{ doc ")
 
 
+def test_judge_context_enters_the_resume_key_only_when_set():
+    plain = JudgeConfig(rubric="grounded").key_fields()
+    assert "context" not in plain, "runs made before the option keep their judge verdicts"
+    assert JudgeConfig(rubric="grounded", context="{{ reference }}").key_fields()["context"] == "{{ reference }}"
+
+
 def test_recipe_refuses_a_judge_context_no_step_writes(project):
     path = project(stages=[{"stage": "judge", "rubric": "grounded", "context": "{{ chunk_text }}", "backend": {"kind": "scripted"}}])
     with pytest.raises(DatagenError, match="step 'judge' reads the column 'chunk_text', which no earlier step writes"):

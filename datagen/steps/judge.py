@@ -65,6 +65,8 @@ class JudgeBackendConfig(BackendConfig):
 
 class JudgeConfig(StageConfigBase):
     stage: Literal["judge"] = "judge"
+    # Unset, the context stays out of the resume key: judge verdicts of earlier runs are reused.
+    NEW_FIELDS: ClassVar[dict[str, Any]] = StageConfigBase.NEW_FIELDS | {"context": None}
     rubric: Annotated[Rubric | str, ShippedOrFile] = Field(description="a shipped rubric's name, a path to a rubric YAML file, or the rubric inline")
     mode: Literal["pointwise", "pairwise"] = "pointwise"
     backend: JudgeBackendConfig = Field(default_factory=JudgeBackendConfig)
