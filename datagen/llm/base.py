@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from datagen.errors import DatagenError
 from datagen.rows import SamplingConfig
@@ -57,3 +57,27 @@ class Backend(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+# A batch to stream: (key, requests, sampling); `key` is the caller's (e.g. a shard number).
+Batch = tuple[Any, list[ChatRequest], SamplingConfig]
+
+
+def stream(backend: Any, batches: Iterable[Batch]) -> Iterator[tuple[Any, list[Generation]]]:
+    """(key, generations in request order) for each batch, as soon as its last request is done,
+    in the order the batches finish. A backend with its own `stream` (vllm, openai) keeps its
+    engine or connection pool busy across batch boundaries, taking the next batch from `batches`
+    while the current ones are still running; any other backend answers one `generate` call per
+    batch, in order. Closing the iterator early cancels the requests still in flight: a batch
+    that was not yielded was not answered, so a caller that records only yielded batches sends
+    every request exactly once across reruns."""
+    own = getattr(backend, "stream", None)
+    if own is not None:
+        yield from own(batches)
+        return
+    for key, requests, sampling in batches:
+        try:
+            generations = backend.generate(requests, sampling) if requests else []
+        except Outage as err:  # every request failed transiently: the caller records them and stops
+            generations = err.generations
+        yield key, generations

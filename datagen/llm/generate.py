@@ -7,7 +7,7 @@ import json
 
 import polars as pl
 
-from datagen.llm import Backend, ChatRequest
+from datagen.llm import Backend, ChatRequest, Generation
 from datagen.rows import SamplingConfig
 
 MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
@@ -85,15 +85,29 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
     """One row per completion of each prompt (n per prompt; one row with the error for a failed
     request), with provenance. A prompt row's own `temperature` / `top_p` are applied to its
     request (ChatRequest.sampling), and recorded in those columns and in `sampling`."""
+    requests = shard_requests(prompts, sampling, sampling_seed)
+    return candidate_rows(prompts, requests, backend.generate(requests, sampling), backend.model_name, sampling, sampling_seed, backend_kind)
+
+
+def shard_requests(prompts: pl.DataFrame, sampling: SamplingConfig, sampling_seed: int) -> list[ChatRequest]:
+    """One request per prompt row, in row order, with its own seed (request_seed) and, where the
+    prompt draws its own temperature / top_p, its own sampling."""
     seeds = [request_seed(sampling_seed, pid) for pid in prompts["prompt_id"]]
     own = prompt_sampling(prompts, sampling)
-    requests = [
+    return [
         ChatRequest(messages=list(m), seed=s, json_schema=sampling.json_schema, sampling=None if mine is sampling else mine)
         for m, s, mine in zip(prompts["messages"].to_list(), seeds, own)
     ]
-    generations = backend.generate(requests, sampling)
+
+
+def candidate_rows(prompts: pl.DataFrame, requests: list[ChatRequest], generations: list[Generation], model_name: str,
+                   sampling: SamplingConfig, sampling_seed: int, backend_kind: str) -> pl.DataFrame:
+    """The candidate rows of a shard (generate_shard) from its requests (shard_requests) and their
+    generations, both in prompt order. Raises RuntimeError when the counts differ."""
     if len(generations) != len(requests):
         raise RuntimeError(f"backend returned {len(generations)} results for {len(requests)} requests")
+    seeds = [r.seed for r in requests]
+    own = [r.sampling or sampling for r in requests]
     sampling_json = json.dumps(sampling.model_dump(mode="json") | {"seed": sampling_seed}, sort_keys=True)
     rows = []
     for prompt_row, seed, gen, mine in zip(prompts.iter_rows(named=True), seeds, generations, own):
@@ -118,7 +132,7 @@ def generate_shard(prompts: pl.DataFrame, backend: Backend, sampling: SamplingCo
                     "finish_reason": finish,
                     "prompt_tokens": gen.prompt_tokens,
                     "completion_tokens": tokens,
-                    "model": backend.model_name,
+                    "model": model_name,
                     "backend": backend_kind,
                     "sampling": row_sampling,
                     "generate_keep": gen.error is None,

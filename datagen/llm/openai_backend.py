@@ -1,6 +1,7 @@
 """Any OpenAI-compatible server (`vllm serve`, SGLang, TGI, hosted APIs) over HTTP.
 
-Requests go out concurrently (at most `max_concurrency` in flight) through the `openai` client,
+Requests go out concurrently (at most `max_concurrency` in flight, a whole shard at once and,
+through `stream`, the next shard's while the current one's last answers are awaited) through the `openai` client,
 which retries 408/409/429/5xx answers, timeouts and dropped connections with exponential backoff
 and jitter (and honours Retry-After). A request that still fails becomes an error on its own
 Generation, so one bad prompt never crashes a run. The error is transient (connection, timeout,
@@ -17,11 +18,12 @@ thread, also one that already runs an event loop.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
-from typing import Any
+from typing import Any, Iterable, Iterator
 
-from datagen.llm.base import ChatRequest, Completion, Generation, Outage
+from datagen.llm.base import Batch, ChatRequest, Completion, Generation, Outage
 from datagen.errors import DatagenError
 from datagen.rows import BackendConfig, SamplingConfig
 
@@ -32,6 +34,9 @@ NO_KEY = "EMPTY"
 TRANSIENT_STATUS = (408, 429)
 # How long close() waits for the loop to wind down its connections.
 CLOSE_TIMEOUT_S = 5.0
+# `stream` adds the next batch while fewer than LOOKAHEAD x max_concurrency requests are unanswered,
+# so requests of the next shard are queued before the last ones of the current shard go out.
+LOOKAHEAD = 2
 
 
 def api_key(config: BackendConfig) -> str:
@@ -171,6 +176,66 @@ class OpenAIBackend:
                 self.config.base_url,
                 "backend.base_url",
             )
+        self._check_refused(generations)
+        return list(generations)
+
+    def stream(self, batches: Iterable[Batch]) -> Iterator[tuple[Any, list[Generation]]]:
+        """datagen.llm.base.stream over HTTP: every batch's requests are sent concurrently (at most
+        max_concurrency in flight, first come first served), the next batch is taken while fewer
+        than LOOKAHEAD x max_concurrency requests are unanswered, and a batch is yielded once all
+        its requests are answered. A batch whose requests all failed for a transient reason is
+        yielded like any other (the caller records it as unfinished and stops); closing the
+        iterator cancels the requests still in flight."""
+        window = LOOKAHEAD * self.config.max_concurrency
+        source, exhausted = iter(batches), False
+        running: dict[concurrent.futures.Future, Any] = {}  # in submission order
+        answered = threading.Event()  # set as each request and each batch ends
+        lock, unanswered = threading.Lock(), [0]
+
+        async def one(request: ChatRequest, sampling: SamplingConfig) -> Generation:
+            try:
+                return await self._generate_one(request, sampling)
+            finally:
+                with lock:
+                    unanswered[0] -= 1
+                answered.set()
+
+        async def batch_of(requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
+            return list(await asyncio.gather(*(one(r, sampling) for r in requests)))
+
+        try:
+            while True:
+                while not exhausted and unanswered[0] < window:  # a stale read only delays the next batch
+                    batch = next(source, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    key, requests, sampling = batch
+                    if not requests:
+                        yield key, []
+                        continue
+                    with lock:
+                        unanswered[0] += len(requests)
+                    future = asyncio.run_coroutine_threadsafe(batch_of(requests, sampling), self._loop)
+                    future.add_done_callback(lambda _: answered.set())
+                    running[future] = key
+                if not running:
+                    return
+                answered.wait()
+                answered.clear()
+                for future in [f for f in running if f.done()]:
+                    key = running.pop(future)
+                    generations = future.result()
+                    if not all(g.transient for g in generations):
+                        self._check_refused(generations)
+                    yield key, generations
+        finally:
+            for future in running:
+                future.cancel()
+
+    def _check_refused(self, generations: list[Generation]) -> None:
+        """A server that refuses every request before it has answered any stops the run: every
+        further batch would fail the same way."""
         if any(g.error is None for g in generations):
             self._answered = True
         elif not self._answered and not any(g.transient for g in generations):
@@ -180,7 +245,6 @@ class OpenAIBackend:
                 self.config.base_url,
                 "backend",
             )
-        return list(generations)
 
     async def _generate_all(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
         return await asyncio.gather(*(self._generate_one(r, sampling) for r in requests))

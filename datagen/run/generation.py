@@ -13,8 +13,8 @@ import polars as pl
 
 from datagen.errors import DatagenError, first_line
 from datagen.llm import Backend, make_backend
-from datagen.llm.base import Outage
-from datagen.llm.generate import generate_shard
+from datagen.llm.base import Outage, stream
+from datagen.llm.generate import candidate_rows, generate_shard, shard_requests
 from datagen.rows import BackendConfig
 from datagen.run.progress import StageProgress
 from datagen.run.run_dir import RunDir, atomic_write_parquet, file_digest
@@ -80,21 +80,34 @@ def generation_tokens() -> list[pl.Expr]:
 
 
 def generate_locally(open_backend: Callable[[], Backend], backend: BackendConfig, sampling_seed: int, shards: list[tuple[int, pl.DataFrame]]) -> Iterator[tuple[int, pl.DataFrame, float]]:
-    """LocalRunner.generate: one engine, the shards one after another in this process."""
+    """LocalRunner.generate: one engine for all the shards, fed continuously (datagen.llm.base.stream):
+    the next shard's requests join the engine while the current one's last completions run, and a
+    shard is yielded (to be written and recorded) as soon as its last request is done. A shard's
+    seconds are the wall time since the previous shard was done (the first's include loading the
+    model), so that they add up to the stage's wall time."""
     if not shards:
         return
-    loading = time.perf_counter()
+    since = time.perf_counter()  # counted in the first shard's time: stage times include model loading
     engine = open_backend()
-    loading = time.perf_counter() - loading  # counted in the first shard's time: stage times include model loading
+    prompts = dict(shards)
+    requests: dict[int, list] = {}  # of the shards given to the engine and not yet done
+
+    def batches():
+        for j, frame in shards:
+            requests[j] = shard_requests(frame, backend.sampling, sampling_seed)
+            yield j, requests[j], backend.sampling
+
     try:
-        for j, prompts in shards:
-            start = time.perf_counter()
-            frame = generate_candidates(prompts, engine, backend.sampling, sampling_seed, backend.kind)
-            yield j, frame, time.perf_counter() - start + loading
-            loading = 0.0
+        with closing(stream(engine, batches())) as done:
+            for j, generations in done:
+                frame = candidate_rows(prompts[j], requests.pop(j), generations, engine.model_name, backend.sampling, sampling_seed, backend.kind)
+                transient = [pid for pid, g in zip(prompts.pop(j)["prompt_id"], generations) if g.transient]
+                frame = frame.with_columns(*generation_tokens(), pl.col("prompt_id").is_in(transient).alias(TRANSIENT))
+                now = time.perf_counter()
+                yield j, frame, now - since
+                since = now
     finally:
         engine.close()
-
 
 
 def run_generate(loaded, run: RunDir, manifest, shards, todo, runner: "ShardRunner", open_backend, progress) -> None:
