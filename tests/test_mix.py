@@ -135,6 +135,13 @@ def test_top_k_over_the_whole_output_and_per_template():
     assert sorted(out["prompt_id"].to_list()) == ["p2", "p4"] and "weight" not in out.columns
 
 
+def test_no_rows_give_an_empty_mix_not_an_error():
+    empty = judged(ROWS).clear().drop("judge_fluent")
+    out, stats = apply_mix(empty, MixConfig(weight="judge_grounded + judge_fluent", per=["persona"], top_k=2))
+    assert out.height == 0 and {"weight", "rank"} <= set(out.columns)
+    assert stats["weight"]["rows"] == 0 and stats["rank"]["groups"] == 0
+
+
 def test_mix_errors_name_the_field():
     with pytest.raises(DatagenError, match=r"recipe.yaml: output.mix.weight: .*'judge_tone', which the rows do not have"):
         apply_mix(judged(ROWS), MixConfig(weight="judge_tone"), "recipe.yaml")

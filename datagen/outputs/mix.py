@@ -185,6 +185,9 @@ def apply_mix(rows: pl.DataFrame, mix: MixConfig, source: str | None = None) -> 
     lack or that is not numeric, or a `per` name that is neither a column nor a slot."""
     stats: dict[str, Any] = {}
     formulas = mix.formulas()
+    if rows.height == 0:  # nothing survived: a step that never saw a row may not have its columns
+        missing = {c for f in formulas.values() for c in f.columns} - set(rows.columns)
+        rows = rows.with_columns(pl.lit(None, dtype=pl.Float64).alias(c) for c in sorted(missing))
     if "weight" in formulas:
         rows = rows.with_columns(_evaluate(formulas["weight"], rows, "weight", source).alias(WEIGHT))
     if "rank_by" in formulas:
