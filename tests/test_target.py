@@ -150,6 +150,7 @@ def cli_recipe(root: Path, **output) -> Path:
     return write_yaml(path, data)
 
 
+@pytest.mark.slow
 def test_a_budget_too_small_writes_what_it_has_says_so_and_exits_3(tmp_path):
     recipe = cli_recipe(tmp_path, target_rows=10, max_candidates=6)  # 3 prompts x 2 samples
     out = tmp_path / "out"
@@ -170,6 +171,7 @@ def test_a_budget_too_small_writes_what_it_has_says_so_and_exits_3(tmp_path):
     assert written(out).height == 10
 
 
+@pytest.mark.slow
 def test_bad_targets_are_refused_in_one_line(tmp_path):
     recipe = cli_recipe(tmp_path, target_rows=10, max_candidates=1)  # less than one prompt's n = 2 samples
     result = datagen_cli("run", recipe, "--out", tmp_path / "out")

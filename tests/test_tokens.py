@@ -122,6 +122,7 @@ def test_the_cost_line_prices_each_models_tokens(priced_run):
     assert "no price" not in line
 
 
+@pytest.mark.slow
 def test_without_prices_no_cost_and_prices_from_a_file(tmp_path):
     recipe = make_recipe(tmp_path)
     out = tmp_path / "out"
@@ -142,6 +143,7 @@ def test_without_prices_no_cost_and_prices_from_a_file(tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_estimate_bounds_what_a_run_spends(tmp_path, priced_run):
     recipe = make_recipe(tmp_path, PRICES)
     result = datagen_cli("validate", recipe, "--estimate")
@@ -158,6 +160,7 @@ def test_estimate_bounds_what_a_run_spends(tmp_path, priced_run):
     assert re.search(r"^cost <= \$[\d.]+", result.stdout, re.M)
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_first_shard_and_writes_nothing(tmp_path):
     recipe = make_recipe(tmp_path)
     out = tmp_path / "out"
