@@ -61,7 +61,7 @@ def expand_prompts(loaded: LoadedRecipe) -> pl.DataFrame:
             for row in rows:
                 row.setdefault("source_ids", [])
         frames.append(prompts_frame(rows, extra))
-    return pl.concat(frames, how="vertical", rechunk=True) if len(frames) > 1 else frames[0]
+    return pl.concat(frames, how="vertical", rechunk=False) if len(frames) > 1 else frames[0]  # no copy: the chunks as they are
 
 
 def build_steps(loaded: LoadedRecipe) -> list[Step]:
@@ -193,7 +193,7 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
     opener = backend_factory or partial(open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
     context = _Shards(loaded, run, manifest, shards, stages, labels, runner, opener, progress)
     last = lambda j: run.shard_path(len(labels) - 1, labels[-1], j)  # noqa: E731
-    build = lambda paths: build_output(paths, recipe.output, labels, seed=recipe.seed, source=str(loaded.path), data=loaded.sources.__getitem__)  # noqa: E731
+    build = lambda paths: build_output(paths, recipe.output, labels, seed=recipe.seed, source=str(loaded.path))  # noqa: E731
 
     outcome = None
     if target is None:

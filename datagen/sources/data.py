@@ -124,9 +124,31 @@ class Source:
         """The rows at `positions` (0-based; repeats allowed), in that order, as dicts of the
         source's columns plus ID."""
         wanted = sorted(set(positions))
-        found = self.frame.filter(pl.col(ROW).is_in(wanted)).collect()
+        found = self._parquet_rows(wanted) if self.kind == "parquet" else self.frame.filter(pl.col(ROW).is_in(wanted)).collect()
         by_row = {r[ROW]: r for r in found.iter_rows(named=True)}
         return [{k: v for k, v in by_row[p].items() if k != ROW} for p in positions]
+
+    def _parquet_rows(self, wanted: list[int]) -> pl.DataFrame:
+        """The rows at sorted positions `wanted`, read one row group at a time (pyarrow), so that
+        only the groups holding them are ever in memory."""
+        import pyarrow.parquet as pq
+
+        frames, offset, i = [], 0, 0
+        for path in self.parquet_files:
+            with pq.ParquetFile(path) as file:
+                for group in range(file.metadata.num_row_groups):
+                    size = file.metadata.row_group(group).num_rows
+                    local = []
+                    while i < len(wanted) and wanted[i] < offset + size:
+                        local.append(wanted[i] - offset)
+                        i += 1
+                    if local:
+                        table = file.read_row_group(group).take(local)
+                        frame = pl.from_arrow(table)
+                        assert isinstance(frame, pl.DataFrame)
+                        frames.append(frame.with_columns(pl.Series(ROW, [offset + p for p in local], dtype=pl.Int64)))
+                    offset += size
+        return pl.concat(frames, how="vertical_relaxed").with_columns(_id_expr(self.id_column))
 
     def column_values(self, column: str) -> pl.Series:
         """One column, in row order (for weights)."""
