@@ -74,3 +74,18 @@ def test_revise_resolves_the_generator_model_from_the_context_not_the_recipe(tmp
     own = load_recipe(path, ["stages.0.backend={kind: scripted, responses: [other]}"])
     [step] = build_steps(own)
     assert step.backend.responses == ["other"] and step.engine is None
+
+
+@pytest.mark.slow  # loads the embedding model twice
+def test_no_process_wide_cache_keeps_an_encoder_or_a_ray_worker_state():
+    from datagen.run import ray_executor
+    from datagen.steps.collapse import CollapseConfig
+    from datagen.text.embeddings import load_encoder
+
+    assert load_encoder() is not load_encoder(), "each owner loads (and releases) its own encoder"
+    stage = CollapseConfig().build()
+    assert stage.encoder is stage.encoder, "the step keeps its encoder while it runs"
+    stage.close()
+    assert stage._encoder is None, "and lets it go when closed"
+    # what a Ray worker opens belongs to its actor (GenerateWorker, StageWorker), not to the module
+    assert not [name for name, value in vars(ray_executor).items() if isinstance(value, (dict, list, set)) and not name.isupper() and not name.startswith("__")]

@@ -87,6 +87,10 @@ class CollapseStage(RunStep):
             columns = self._verdicts.lookup(batch)
         return batch.hstack(columns)
 
+    def close(self) -> None:
+        """The encoder is released when the step is done (the executor closes every step)."""
+        self._encoder = None
+
     def __getstate__(self) -> dict[str, Any]:
         # A fitted stage is shipped to Ray workers: its verdicts travel, the encoder does not.
         return {**self.__dict__, "_encoder": None}

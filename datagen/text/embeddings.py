@@ -7,7 +7,6 @@ huggingface_hub, which honours it.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -27,9 +26,12 @@ def resolve_model(model: str) -> str:
     return str(local) if local.exists() else model
 
 
-@functools.lru_cache(maxsize=4)
 def load_encoder(model: str = DEFAULT_MODEL, device: str = "cpu"):
-    """The SentenceTransformer for `model`, shared by every stage of the process that asks for it."""
+    """A SentenceTransformer for `model`, loaded anew: the caller owns it for its lifetime (a
+    collapse step until it closes, a counterexample plan while it embeds); no process-wide cache
+    keeps models alive between steps or runs.
+
+    Raises DatagenError: the model cannot be loaded (missing folder, offline hub, bad weights)."""
     from sentence_transformers import SentenceTransformer
     from transformers.utils import logging as hf_logging
 
