@@ -75,6 +75,7 @@ def test_target_10_at_one_row_per_prompt_gives_the_first_10_prompts_and_stops(tm
     assert model.requests == 12
     manifest = json.loads((tmp_path / "out" / "run" / "manifest.json").read_text())
     assert manifest["target"]["reached"] and manifest["target"]["shards_used"] == 3 and manifest["target"]["kept"] == 12
+    assert manifest["target"]["prompts"] == 12 and manifest["target"]["candidates"] == 12 * N_SAMPLES
     card = (tmp_path / "out" / "README.md").read_text()
     assert "- Rows: 10 " in card and "target 10 rows reached after 3 shard(s)" in card
     # the funnel counts the shards the rows come from

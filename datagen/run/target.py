@@ -153,7 +153,7 @@ def run_to_target(
     `shard_figures(j)` gives a processed shard's candidates, tokens and seconds, for the yield
     estimate `say` prints after each wave."""
     counts: list[int] = []
-    totals = {"candidates": 0.0, "tokens": 0.0, "seconds": 0.0}
+    figures: list[dict[str, float]] = []
     while len(counts) < len(shard_sizes) and sum(counts) < target.rows:
         done = sum(shard_sizes[: len(counts)])
         size = next_wave(target, counts, done, max(shard_sizes), len(shard_sizes) - len(counts))
@@ -161,10 +161,9 @@ def run_to_target(
         process(wave)
         for j in wave:
             counts.append(output_rows(j))
-            for key, value in shard_figures(j).items():
-                totals[key] += value
+            figures.append(shard_figures(j))
         if say is not None:
-            say(estimate_line(target, counts, sum(shard_sizes[: len(counts)]), totals))
+            say(estimate_line(target, counts, sum(shard_sizes[: len(counts)]), _totals(figures)))
     used, running = len(counts), 0
     for j, count in enumerate(counts):  # the rows come from the shortest prefix that holds them
         running += count
@@ -172,7 +171,11 @@ def run_to_target(
             used = j + 1
             break
     kept = sum(counts[:used])
-    return Outcome(target, used, kept, kept >= target.rows, sum(shard_sizes[:used]), int(totals["candidates"]), limit, counts)
+    return Outcome(target, used, kept, kept >= target.rows, sum(shard_sizes[:used]), int(_totals(figures[:used])["candidates"]), limit, counts)
+
+
+def _totals(figures: list[dict[str, float]]) -> dict[str, float]:
+    return {key: sum(f.get(key, 0.0) for f in figures) for key in ("candidates", "tokens", "seconds")}
 
 
 def estimate_line(target: Target, counts: list[int], prompts: int, totals: dict[str, float]) -> str:
