@@ -89,3 +89,15 @@ def test_no_process_wide_cache_keeps_an_encoder_or_a_ray_worker_state():
     assert stage._encoder is None, "and lets it go when closed"
     # what a Ray worker opens belongs to its actor (GenerateWorker, StageWorker), not to the module
     assert not [name for name, value in vars(ray_executor).items() if isinstance(value, (dict, list, set)) and not name.isupper() and not name.startswith("__")]
+
+
+def test_the_readme_chain_example_is_a_valid_recipe(tmp_path):
+    """The Chains section's example, as written, validates (with the shipped templates)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("## Chains", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    path = tmp_path / "chain.yaml"
+    path.write_text(block)
+    templates = Path(datagen.__file__).parent / "resources" / "templates"
+    loaded = load_recipe(path, [f"template_dirs=[{templates}]"])
+    assert [s.label for s in loaded.recipe.stages] == ["parse", "dedup", "solve", "vote", "verify"]
+    assert loaded.recipe.stages[0].parser.json_schema == loaded.recipe.backend.sampling.json_schema
