@@ -173,3 +173,56 @@ def test_dry_run_prints_the_first_shard_and_writes_nothing(tmp_path):
     assert shown == [(pid, str(request_seed(loaded.recipe.sampling_seed, pid))) for pid in first["prompt_id"]]
     assert first["messages"][0][-1]["content"] in result.stdout
     assert "first shard: 4 of 6 prompts" in result.stdout
+
+
+def test_a_pairwise_judge_records_every_request_once(tmp_path):
+    """Each comparison is asked in both orders; each request's tokens go to the row shown first,
+    so the rows' columns sum to every request the judge sent."""
+    from helpers import RIGHT, WRONG, WRONG_TOO, candidate_frame, candidate_row
+    from test_judge import prefers_the_right_answer, run_pairwise
+
+    batch = candidate_frame([candidate_row("p1", i, text) for i, text in enumerate([RIGHT, WRONG, WRONG_TOO])]
+                            + [candidate_row("p2", 0, RIGHT), candidate_row("p2", 1, WRONG)])
+    out, backend, _ = run_pairwise(batch, prefers_the_right_answer, pairs="all")
+    sent = [request for call in backend.calls for request in call.requests]
+    assert len(sent) == 2 * (3 + 1)  # 3 pairs of p1 and 1 of p2, both orders
+    assert int(out["judge_prompt_tokens"].sum()) == sum(words(m["content"]) for r in sent for m in r.messages)
+    answers = [backend._text(r, 0) for r in sent]
+    assert int(out["judge_completion_tokens"].sum()) == sum(words(a) for a in answers)
+    assert (out["judge_prompt_tokens"] > 0).all()
+
+
+def test_revise_records_its_critique_and_revision_requests(tmp_path):
+    from helpers import ScriptedModel, candidate_frame
+    from datagen.steps.revise import ReviseConfig, ReviseStage
+
+    model = ScriptedModel(["The answer could name its units and say why, in plain words for the reader."])
+    stage = ReviseStage(ReviseConfig(), backend_factory=lambda: model)
+    out = stage(candidate_frame({"completion": text} for text in ["It is 210.", "Three point five hours is 210 minutes."]))
+    sent = [request for call in model.calls for request in call.requests]
+    assert len(sent) == 4  # a critique and a revision per row
+    assert int(out["revise_prompt_tokens"].sum()) == sum(words(m["content"]) for r in sent for m in r.messages)
+    assert int(out["revise_completion_tokens"].sum()) == sum(words(model._text(r, 0)) for r in sent)
+
+
+def test_converse_records_both_roles_requests_at_every_turn(tmp_path, monkeypatch):
+    from datagen.llm.scripted import ScriptedBackend
+
+    sent = []
+    original = ScriptedBackend.generate
+
+    def recording(self, requests, sampling):
+        sent.extend((self, r) for r in requests if len(r.messages) > 2)  # generation's have a system and a user message
+        return original(self, requests, sampling)
+
+    monkeypatch.setattr(ScriptedBackend, "generate", recording)
+    recipe = make_recipe(tmp_path)
+    stage = '{stage: converse, turns: 3, user_system: "You are {{ persona }} asking about {{ topic }}."}'
+    out = tmp_path / "out"
+    run_pipeline(load_recipe(recipe, ["stages=[]", f"stages.+={stage}"]), out, progress="none")
+    rows = pl.read_parquet(out / "run" / "stages" / "01_converse" / "*.parquet")
+    assert len(sent) == rows.height * 2 * 2  # (turns - 1) x (user, assistant) per row
+    assert int(rows["converse_prompt_tokens"].sum()) == sum(words(m["content"]) for _, r in sent for m in r.messages)
+    assert int(rows["converse_completion_tokens"].sum()) == sum(words(model._text(r, 0)) for model, r in sent)
+    record = json.loads((out / "run" / "manifest.json").read_text())["tokens"]
+    assert record["steps"][1]["prompt_tokens"] == int(rows["converse_prompt_tokens"].sum())
