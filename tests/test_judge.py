@@ -380,7 +380,8 @@ def test_changing_min_score_re_decides_from_stored_verdicts_and_starts_no_model(
     out = project.root / "out"
 
     def run(min_score, **judge):
-        stage = {"stage": "judge", "rubric": "helpfulness", "min_score": min_score, "backend": {"kind": "scripted"}} | judge
+        # a judge model of its own: a backend config equal to the generator's would share its engine
+        stage = {"stage": "judge", "rubric": "helpfulness", "min_score": min_score, "backend": {"kind": "scripted", "responses": ["judge"]}} | judge
         path = project(stages=[{"stage": "finished"}, stage])
         return run_pipeline(load_recipe(path), out, progress=False)
 

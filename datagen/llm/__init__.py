@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from datagen.llm.base import Backend, ChatRequest, Completion, Generation
 from datagen.errors import DatagenError
 from datagen.rows import BackendConfig
@@ -19,6 +21,18 @@ def make_backend(config: BackendConfig, seed: int) -> Backend:
     from datagen.llm.vllm_backend import VLLMBackend
 
     return VLLMBackend(config, seed)
+
+
+def engine_identity(config: BackendConfig) -> str:
+    """What makes two configs need two engines (datagen.run.engines): for vllm the model and the
+    resolved engine settings; for the other kinds every field but the sampling. Never the seed:
+    every request datagen sends carries its own."""
+    if config.kind == "vllm":
+        from datagen.llm.vllm_backend import engine_identity as vllm_identity
+
+        return vllm_identity(config)
+    fields = {name: getattr(config, name) for name in BackendConfig.model_fields if name != "sampling"}
+    return json.dumps(fields, sort_keys=True, default=str)
 
 
 def check_backend(config: BackendConfig, field: str = "backend") -> None:
@@ -39,4 +53,4 @@ def check_backend(config: BackendConfig, field: str = "backend") -> None:
         raise
 
 
-__all__ = ["Backend", "ChatRequest", "Completion", "Generation", "check_backend", "make_backend"]
+__all__ = ["Backend", "ChatRequest", "Completion", "Generation", "check_backend", "engine_identity", "make_backend"]

@@ -34,11 +34,15 @@ class StageModel:
     def __init__(self, factory: Callable[[], Backend], stage: str, label: str, config: BackendConfig):
         self.factory, self.stage, self.label, self.config = factory, stage, label, config
         self.backend: Backend | None = None
+        # The run's engines (datagen.run.engines.EnginePool), set by the executor: the model is then
+        # leased from there (shared with other steps of the same model), `factory` opening it if
+        # no step has yet.
+        self.engines = None
 
     def open(self) -> Backend:
         if self.backend is None:
             try:
-                self.backend = self.factory()
+                self.backend = self.factory() if self.engines is None else self.engines.acquire(self.config, self.factory)
             except DatagenError:
                 raise
             except Exception as err:  # noqa: BLE001 - engines fail in many ways; the user needs one line

@@ -19,6 +19,9 @@ from datagen.errors import DatagenError
 from datagen.llm import Backend
 from datagen.outputs import build_output
 from datagen.llm.generate import prompts_frame
+from datagen.llm.base import stream
+from datagen.run.console import EngineOutput
+from datagen.run.engines import EnginePool
 from datagen.run.generation import generate_locally, open_backend, run_generate
 from datagen.run.progress import StageProgress
 from datagen.run.stats import shard_stats, summarize
@@ -147,7 +150,12 @@ def run_pipeline(
     progress: bool | str = True,
     backend_factory: Callable[[], Backend] | None = None,
     runner: "ShardRunner | None" = None,
+    engines: EnginePool | None = None,
+    verbose: bool = False,
 ) -> RunResult:
+    """`engines`: the run's engine pool (default: a new one, closed when the run ends; engine
+    output goes to OUT/run/engine.log unless `verbose`). `backend_factory` opens the generator's
+    backend outside the pool (tests, benchmarks)."""
     runner = runner or LocalRunner()
     # What bad input can break (templates, stage files) fails here, before the output is touched.
     prompts = expand_prompts(loaded)
@@ -155,10 +163,18 @@ def run_pipeline(
     Target.of(loaded)  # a target the recipe cannot have
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force, resolved_recipe(loaded))
+    engines = engines or EnginePool(output=EngineOutput(None if verbose else run.root / "engine.log"))
+    if isinstance(runner, LocalRunner):  # one engine per model for the whole run (Ray actors hold their own)
+        engines.share(stages)
+        if backend_factory is None:
+            backend_factory = engines.opener(loaded.recipe.backend, partial(open_backend, loaded.recipe.backend, loaded.recipe.sampling_seed, loaded.path))
     try:
         return _run(loaded, run, manifest, prompts, stages, runner, backend_factory, progress)
     finally:
-        run.release()
+        try:
+            engines.close()
+        finally:
+            run.release()
 
 
 def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: pl.DataFrame, stages: list[Step], runner: "ShardRunner", backend_factory, progress) -> RunResult:
@@ -193,7 +209,7 @@ def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: p
     opener = backend_factory or partial(open_backend, recipe.backend, recipe.sampling_seed, loaded.path)
     context = _Shards(loaded, run, manifest, shards, stages, labels, runner, opener, progress)
     last = lambda j: run.shard_path(len(labels) - 1, labels[-1], j)  # noqa: E731
-    build = lambda paths: build_output(paths, recipe.output, labels, seed=recipe.seed, source=str(loaded.path))  # noqa: E731
+    build = lambda paths: build_output(paths, recipe.output, labels, seed=recipe.seed, source=str(loaded.path), data=loaded.sources.__getitem__)  # noqa: E731
 
     outcome = None
     if target is None:
@@ -268,6 +284,9 @@ class _Unclosed:
 
     def generate(self, requests, sampling):
         return self.backend.generate(requests, sampling)
+
+    def stream(self, batches):
+        return stream(self.backend, batches)
 
     def close(self) -> None:
         return None
