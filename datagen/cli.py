@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-progress", action="store_true", help="no progress output (same as --progress none)")
     run.add_argument("--progress", choices=["auto", "bar", "log", "none"], default="auto",
                      help="bar: live bars; log: plain lines every few seconds; auto (default): bars on a terminal, else lines")
+    run.add_argument("--verbose", action="store_true",
+                     help="show what the model engines print (vLLM, torch, transformers); by default it goes to OUT/run/engine.log")
     run.add_argument("--executor", choices=["local", "ray"], default="local",
                      help="local (default): this process; ray: stages as Ray Data map_batches, generation in actors (needs the ray extra)")
     run.add_argument("--address", help="with --executor ray: the Ray cluster to join ('auto' or HEAD:6379); default: start a local Ray")
@@ -96,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
     cx.add_argument("--recipe", type=Path, default=COUNTEREXAMPLE_RECIPE, help="the recipe to run (default: pipelines/counterexamples.yaml)")
     cx.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE", help="override any other recipe field")
     cx.add_argument("--force", action="store_true", help="replace a run of a different recipe in --out")
-    cx.add_argument("--no-progress", action="store_true", help="no progress output")
+    cx.add_argument("--no-progress", action="store_true", help="no progress output (same as --progress none)")
+    cx.add_argument("--progress", choices=["auto", "bar", "log", "none"], default="auto",
+                    help="bar: live bars; log: plain lines every few seconds; auto (default): bars on a terminal, else lines")
+    cx.add_argument("--verbose", action="store_true",
+                    help="show what the model engines print (vLLM, torch, transformers); by default it goes to OUT/run/engine.log")
     return parser
 
 
@@ -167,7 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise DatagenError("only used with --executor ray", field="--address")
         from datagen.run.executor import run_pipeline
 
-        result = run_pipeline(loaded, out, force=args.force, progress=progress)
+        result = run_pipeline(loaded, out, force=args.force, progress=progress, verbose=args.verbose)
     from datagen.report.trust import kept_errors
 
     for s in result.stage_stats:
@@ -428,7 +434,7 @@ def cmd_counterexamples(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else plan_text(report))
         return 0
     run = argparse.Namespace(recipe=args.recipe, overrides=overrides, out=args.out, force=args.force, resume=False,
-                             no_progress=args.no_progress, progress="auto", executor="local", address=None)
+                             no_progress=args.no_progress, progress=args.progress, verbose=args.verbose, executor="local", address=None)
     return cmd_run(run)
 
 
