@@ -45,6 +45,7 @@ class TemplateUse(StrictModel):
     column: str | None = Field(None, description="from: the column holding the user turn (default 'prompt')")
     messages_column: str | None = Field(None, description="from: a column of chat messages used as they are")
     system: str | None = Field(None, description="from: a system message put before each prompt")
+    reference_column: str | None = Field(None, description="from: the column holding each prompt's reference answer (default 'reference' when the source has one)")
     sampling: SamplingSlots | None = Field(None, description="sampling parameters drawn per prompt (overrides the template's)")
 
     @model_validator(mode="after")
@@ -52,7 +53,7 @@ class TemplateUse(StrictModel):
         if self.source is None:
             if self.name is None:
                 raise ValueError("name: a template's name, or from: a data source whose rows are the prompts")
-            for name in ("column", "messages_column", "system"):
+            for name in ("column", "messages_column", "system", "reference_column"):
                 if getattr(self, name) is not None:
                     raise ValueError(f"{name}: only used with from: (rows of a data source as prompts)")
             return self
@@ -69,7 +70,7 @@ class TemplateUse(StrictModel):
         # Fields added with data sources are left out while unset, so that fingerprints of runs made
         # before them stay the same.
         data = handler(self)
-        for key in ("source", "from", "column", "messages_column", "system", "sampling"):
+        for key in ("source", "from", "column", "messages_column", "system", "reference_column", "sampling"):
             if key in data and data[key] is None:
                 del data[key]
         return data

@@ -386,3 +386,20 @@ def test_a_changed_source_row_reruns_only_what_depends_on_it(project, tmp_path):
     rows = datasets.load_dataset(str(out), split="train")
     users = [m[-2]["content"] for m in rows["messages"]]
     assert "What is 19 * 3?" in users and "What is 17 * 3?" not in users and rows.num_rows == 10
+
+
+def test_a_reference_column_fills_the_reference(project):
+    rows = [{"id": "m1", "prompt": "What is 6 * 7?", "reference": "42"}, {"id": "m2", "prompt": "Say hi.", "reference": None}]
+    write_jsonl(project.root / "pipelines" / "examples" / "prompts.jsonl", rows)
+    recipe = project([{"from": "prompts"}])
+    prompts = expand_prompts(load_recipe(recipe))
+    assert prompts["reference"].to_list() == ["42", None]
+    rows[0]["reference"] = "\\boxed{42}"
+    write_jsonl(project.root / "pipelines" / "examples" / "prompts.jsonl", rows)
+    changed = expand_prompts(load_recipe(recipe))
+    assert changed["prompt_id"][0] != prompts["prompt_id"][0] and changed["prompt_id"][1] == prompts["prompt_id"][1]
+    renamed = [{"id": r["id"], "prompt": r["prompt"], "answer": r["reference"]} for r in rows]
+    write_jsonl(project.root / "pipelines" / "examples" / "prompts.jsonl", renamed)
+    assert expand_prompts(load_recipe(project([{"from": "prompts", "reference_column": "answer"}])))["reference"].to_list() == ["\\boxed{42}", None]
+    with pytest.raises(DatagenError, match="reads references from the column 'reference'"):
+        load_recipe(project([{"from": "prompts", "reference_column": "reference"}]))

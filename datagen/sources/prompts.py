@@ -3,7 +3,8 @@
 A recipe's `templates:` entry `{from: prompts}` makes one prompt per row of the source `prompts`:
 its `column` (default `prompt`) is the user turn, after an optional `system` message, or its
 `messages_column` holds whole conversations (lists of {role, content}, the last one the user's),
-used as they are. `count` takes that many rows, drawn without replacement from the seed and kept in
+used as they are; `reference_column` (default `reference`, when the source has it) fills the
+prompt's `reference` (what a judge with show_reference, or a verifier, compares against). `count` takes that many rows, drawn without replacement from the seed and kept in
 file order; `sampling` draws sampling parameters per prompt (datagen.sources.slots). Each prompt
 row has template_id = the entry's name (the source's by default), `slots` = {source: id},
 `source_ids` = ["SOURCE:ID"], and a prompt_id from the source, the id and the content, so that a
@@ -33,6 +34,8 @@ def check_prompt_source(use, source: Source, field: str, recipe_path=None) -> No
     `column`, conversations ending with a user turn for `messages_column`. Raises DatagenError
     naming the file, the row and the column."""
     user = f"{field} (from: {source.name})"
+    if use.reference_column is not None and use.reference_column not in source.columns:
+        raise source.fail(f"{user} reads references from the column {use.reference_column!r}, which the source does not have (columns: {', '.join(source.columns)})")
     if use.count is not None and use.count > source.height:
         raise DatagenError(f"count {use.count} is more than the {source.height} rows of the source {source.name!r}", recipe_path, f"{field}.count")
     if use.messages_column is None:
@@ -76,8 +79,9 @@ def source_prompts(use, source: Source, seed: int, extra: dict[str, pl.DataType]
     from datagen.llm.generate import MESSAGE, PROMPT_SCHEMA
 
     column = use.messages_column or use.column or DEFAULT_COLUMN
+    reference = use.reference_column or ("reference" if "reference" in source.columns else None)
     wanted = _selected(use, source, seed)
-    for batch in source.batches([column]):
+    for batch in source.batches([column] + ([reference] if reference and reference != column else [])):
         if wanted is not None:
             batch = batch.filter(pl.col(ROW).is_in(wanted[(wanted >= batch[ROW].min()) & (wanted <= batch[ROW].max())]))
             if not batch.height:
@@ -91,6 +95,8 @@ def source_prompts(use, source: Source, seed: int, extra: dict[str, pl.DataType]
                 turns.insert(0, pl.struct(role=pl.lit("system"), content=pl.lit(use.system)))
             messages = pl.concat_list(turns)
             contents = [json.dumps([use.system, text]) for text in batch[column]]
+        if reference is not None:  # a changed reference is a new prompt too: every row of it carries the reference
+            contents = [json.dumps([c, r]) for c, r in zip(contents, batch[reference].cast(pl.String))]
         ids = batch[ID].to_list()
         prompt_ids = [hashlib.sha256(json.dumps([use.name, source.name, i, c]).encode()).hexdigest()[:16] for i, c in zip(ids, contents)]
         frame = batch.select(messages.cast(pl.List(MESSAGE)).alias("messages")).with_columns(
@@ -100,6 +106,8 @@ def source_prompts(use, source: Source, seed: int, extra: dict[str, pl.DataType]
             seed=pl.lit(seed, dtype=pl.Int64),
             source_ids=pl.Series([[f"{source.name}:{i}"] for i in ids], dtype=pl.List(pl.String)),
         )
+        if reference is not None:
+            frame = frame.with_columns(batch[reference].cast(pl.String).alias("reference"))
         if use.sampling is not None:
             drawn = [draw_sampling(use.sampling, seed, pid) for pid in prompt_ids]
             frame = frame.with_columns(pl.Series(name, [d.get(name) for d in drawn], dtype=pl.Float64) for name in extra if name in drawn[0])
