@@ -68,13 +68,26 @@ def stream(backend: Any, batches: Iterable[Batch]) -> Iterator[tuple[Any, list[G
     in the order the batches finish. A backend with its own `stream` (vllm, openai) keeps its
     engine or connection pool busy across batch boundaries, taking the next batch from `batches`
     while the current ones are still running; any other backend answers one `generate` call per
-    batch, in order. Closing the iterator early cancels the requests still in flight: a batch
-    that was not yielded was not answered, so a caller that records only yielded batches sends
-    every request exactly once across reruns."""
+    batch, in order. After a batch whose every request failed for a transient reason (the server
+    is gone) no further batch is taken: the batches already sent are still yielded, so that a
+    caller that records them before it stops keeps every answer it got. Closing the iterator
+    early cancels the requests still in flight: a batch that was not yielded was not answered, so
+    a caller that records only yielded batches sends every request exactly once across reruns."""
+    outage = False
+
+    def fed() -> Iterator[Batch]:
+        for batch in batches:
+            if outage:
+                return
+            yield batch
+
     own = getattr(backend, "stream", None)
-    if own is not None:
-        yield from own(batches)
-        return
+    for key, generations in own(fed()) if own is not None else _one_call_each(backend, fed()):
+        outage = outage or bool(generations) and all(g.transient for g in generations)
+        yield key, generations
+
+
+def _one_call_each(backend: Any, batches: Iterable[Batch]) -> Iterator[tuple[Any, list[Generation]]]:
     for key, requests, sampling in batches:
         try:
             generations = backend.generate(requests, sampling) if requests else []

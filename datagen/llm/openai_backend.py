@@ -205,7 +205,9 @@ class OpenAIBackend:
 
         try:
             while True:
-                while not exhausted and unanswered[0] < window:  # a stale read only delays the next batch
+                # Before the server has answered anything, one batch at a time: a server that refuses
+                # every request is then told by the first batch alone.
+                while not exhausted and unanswered[0] < window and (self._answered or not running):  # a stale read only delays
                     batch = next(source, None)
                     if batch is None:
                         exhausted = True
@@ -241,7 +243,7 @@ class OpenAIBackend:
         elif not self._answered and not any(g.transient for g in generations):
             hint = "; if the server takes no system message, set backend.system_prompt: fold" if "system" in generations[0].error.lower() else ""
             raise DatagenError(
-                f"the server refused every request of the first batch ({len(requests)}): {generations[0].error}{hint}",
+                f"the server refused every request of the first batch ({len(generations)}): {generations[0].error}{hint}",
                 self.config.base_url,
                 "backend",
             )
@@ -266,7 +268,10 @@ class OpenAIBackend:
                 return Generation([], 0, error=f"http_{err.status_code}: {_short(self._scrub(_server_message(err)))}", transient=transient)
             except Exception as err:  # noqa: BLE001 - e.g. a body that is not a chat completion
                 return Generation([], 0, error=f"bad_response: {type(err).__name__}: {_short(self._scrub(str(err)))}")
-        return self._read(response, sampling)
+        generation = self._read(response, sampling)
+        if generation.error is None:
+            self._answered = True
+        return generation
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._key, "[API key]") if self._key else text

@@ -129,6 +129,7 @@ def run_generate(loaded, run: RunDir, manifest, shards, todo, runner: "ShardRunn
             inputs.append((j, shards[j]))
     sizes = {j: frame.height for j, frame in inputs}
     results = runner.generate(open_backend, recipe.backend, recipe.sampling_seed, inputs)
+    outage: DatagenError | None = None
     with StageProgress("generate", f"[1/{n_stages}]", sum(sizes.values()), "prompt", progress) as bar, closing(results):
         for j, frame, seconds in results:
             retry = frame.filter(pl.col(TRANSIENT))
@@ -145,12 +146,19 @@ def run_generate(loaded, run: RunDir, manifest, shards, todo, runner: "ShardRunn
             done[str(j)] = record
             run.write_manifest(manifest)
             bar.update(sizes[j], tokens=tokens)
-            if retry["prompt_id"].n_unique() == sizes[j]:  # every request failed: the server is gone
-                raise DatagenError(
+            if retry["prompt_id"].n_unique() == sizes[j] and outage is None:  # every request failed: the server is gone
+                outage = DatagenError(
                     f"every one of {sizes[j]} requests failed ({record['pending_error']}); rerun the same command to resume",
                     recipe.backend.base_url or loaded.path,
                     "backend.base_url" if recipe.backend.base_url else "backend",
                 )
+                # In this process the stream takes no new shard after an outage (datagen.llm.base.stream):
+                # the shards already sent are recorded before the run stops, so no answer is lost.
+                # Another runner (Ray) would go on through every shard: it stops here.
+                if runner.generate is not generate_locally:
+                    raise outage
+    if outage is not None:
+        raise outage
     pending = {j: record for j, record in done.items() if record.get("pending")}
     if pending:
         count = sum(len(record["pending"]) for record in pending.values())
