@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 from datagen.errors import DatagenError
 from datagen.outputs.formula import Formula, FormulaError, parse_formula
 from datagen.rows import StrictModel
-from datagen.sources.templates import MAX_RENDERED_CHARS, _environment, _undeclared
+from datagen.sources.templates import MAX_RENDERED_CHARS, _environment, _undeclared, bounded_rendering
 
 if TYPE_CHECKING:
     from datagen.sources.data import Source
@@ -45,13 +45,13 @@ class RealRowsConfig(StrictModel):
     turn is `user` (Jinja over the row's columns, in the templates' sandbox) and whose assistant
     turn is the row's `answer` column. Rows whose answer is null or blank are left out (counted)."""
 
-    source: str = Field(alias="from", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the data source (a name under data:) whose rows are written")
+    source: str = Field(alias="from", pattern=r"^[A-Za-z0-9_.-]+$", description="the data source (a name under data:) whose rows are written")
     system: str | None = Field(None, description="Jinja over the source row's columns: the system turn, if any")
     user: str = Field(description="Jinja over the source row's columns: the user turn (e.g. '{{ subject }}\\n\\n{{ body }}')")
     answer: str = Field("answer", description="the column holding the real answer (the assistant turn)")
     count: int | None = Field(None, ge=0, le=1_000_000, description="real rows to write (all there are, if fewer)")
     ratio: float | None = Field(None, ge=0.0, lt=1.0, description="real rows / all written rows, rounded (capped by the rows there are)")
-    weight: float | None = Field(None, description="the weight of a real row; default: the highest weight of a generated row")
+    weight: float | None = Field(None, allow_inf_nan=False, description="the weight of a real row; default: the highest weight of a generated row")
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
 
@@ -201,9 +201,10 @@ def apply_mix(rows: pl.DataFrame, mix: MixConfig, source: str | None = None) -> 
         ranked = ranked.with_columns(pl.int_range(1, pl.len() + 1, dtype=pl.Int64).over(key_names or pl.lit(0)).alias(RANK))
         before = ranked.height
         groups = ranked.select(key_names).n_unique() if key_names else (1 if before else 0)
+        unranked = int(ranked["_rank_value"].null_count())
         if mix.top_k is not None:
             ranked = ranked.filter(pl.col(RANK) <= mix.top_k)
-        stats["rank"] = {"by": formulas["rank_by"].text, "per": mix.per, "groups": groups, "unranked": int(ranked["_rank_value"].null_count())}
+        stats["rank"] = {"by": formulas["rank_by"].text, "per": mix.per, "groups": groups, "unranked": unranked}
         if mix.top_k is not None:
             stats["rank"] |= {"top_k": mix.top_k, "rows_in": before, "kept": ranked.height}
         rows = ranked.drop(["_row", "_rank_value", *key_names])
@@ -257,18 +258,25 @@ def real_rows(source: "Source", config: RealRowsConfig, fmt: str, synthetic: int
         usable = []
     n = config.wanted(synthetic, len(usable))
     picked = sorted(random.Random(f"{seed}:mix.real:{name}").sample(usable, n))
-    templates = config.compiled()
-    records = []
-    for position, row in zip(picked, source.rows(picked)):
-        where = f"data source {name!r} ({source.path}), {source.where(position)}"
-        variables = {k: v for k, v in row.items() if k != ID}
-        turns = [{"role": role, "content": _render(templates[role], variables, role, where, recipe)} for role in ("system", "user") if role in templates]
-        turns = [t for t in turns if t["content"]]
-        if not any(t["role"] == "user" for t in turns):
-            raise DatagenError(f"{where}: user renders to an empty message", recipe, "output.mix.real.user")
-        reply = {"role": "assistant", "content": str(row[config.answer])}
-        head = {"messages": turns + [reply]} if fmt == "sft" else {"prompt": turns, "completion": [reply]}
-        records.append(head | {ORIGIN: REAL, SOURCE_IDS: [f"{name}:{row[ID]}"]})
+    fetched = source.rows(picked)
+    # As Source.where words it, without a lookup per row.
+    places = [f"data source {name!r} ({source.path}), row {p + 1}" + (f" (id {row[ID]})" if source.id_column is not None else "") for p, row in zip(picked, fetched)]
+
+    def render() -> list[dict[str, Any]]:
+        templates, records = config.compiled(), []
+        for where, row in zip(places, fetched):
+            variables = {k: v for k, v in row.items() if k != ID}
+            turns = [{"role": role, "content": _render(templates[role], variables, role, where, recipe)} for role in ("system", "user") if role in templates]
+            turns = [t for t in turns if t["content"]]
+            if not any(t["role"] == "user" for t in turns):
+                raise DatagenError(f"{where}: user renders to an empty message", recipe, "output.mix.real.user")
+            reply = {"role": "assistant", "content": str(row[config.answer])}
+            head = {"messages": turns + [reply]} if fmt == "sft" else {"prompt": turns, "completion": [reply]}
+            records.append(head | {ORIGIN: REAL, SOURCE_IDS: [f"{name}:{row[ID]}"]})
+        return records
+
+    # In the templates' bounded child (time and memory limits), like every other rendering.
+    records = bounded_rendering(render, Path(recipe or source.path), len(picked)) if picked else []
     schema = ({"messages": pl.List(MESSAGE)} if fmt == "sft" else {"prompt": pl.List(MESSAGE), "completion": pl.List(MESSAGE)}) | {ORIGIN: pl.String, SOURCE_IDS: pl.List(pl.String)}
     frame = pl.DataFrame(records, schema=schema)
     if weight is not None:
