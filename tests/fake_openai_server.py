@@ -5,6 +5,7 @@ n choices "echo: <prompt> #i", where <prompt> is its messages as "role: content 
 Every request's <prompt> is appended to LOG as JSON lines {"event": "request"|"answered", "prompt": ...}. Options:
   --die-after N     exit (os._exit) when request N+1 arrives, without answering it
   --status CODE     answer every chat request with this HTTP status and --message (an OpenAI error body)
+  --slow-first S    answer the first chat request only after S seconds (the others at once)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import json
 import os
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -23,6 +25,7 @@ def main() -> None:
     parser.add_argument("--die-after", type=int)
     parser.add_argument("--status", type=int)
     parser.add_argument("--message", default="refused")
+    parser.add_argument("--slow-first", type=float)
     args = parser.parse_args()
     lock = threading.Lock()
     seen = [0]
@@ -67,6 +70,8 @@ def main() -> None:
             if args.status is not None:
                 self._send(args.status, {"error": {"message": args.message, "type": "invalid_request_error", "code": args.status}})
                 return
+            if args.slow_first and count == 1:
+                time.sleep(args.slow_first)
             n = int(body.get("n") or 1)
             choices = [
                 {"index": i, "message": {"role": "assistant", "content": f"echo: {prompt} #{i}"}, "finish_reason": "stop"}

@@ -580,3 +580,26 @@ def test_the_ray_executor_keeps_a_crashed_shard_unfinished_too(project, fake):
     assert len(first) == 7 and sorted(again.events("request")) == sorted(set(every) - set(first))
     rows = pl.read_parquet(out / "data" / "*.parquet")
     assert Counter(as_sent(m[:-1]) for m in rows["messages"].to_list()) == {p: 2 for p in every}
+
+
+def test_the_next_shard_is_sent_while_the_current_one_waits_for_its_last_answer(project, fake):
+    """The first request takes 3 s; the other requests of its shard are answered at once, and the
+    next shard's requests go out before that one answer comes back: the shard boundary does not
+    leave the server idle. Every prompt's samples still arrive exactly once, in their shards."""
+    server = fake().start("--slow-first", "3")
+    recipe, out = fake_recipe(project, server.port, max_concurrency=2), project.root / "out"
+    code, err = run_cli("run", recipe, "--out", out, "--no-progress")
+    assert code == 0, err
+    lines = [json.loads(line) for line in server.log.read_text().splitlines()]
+    slow = lines[0]["prompt"]
+    answered_slow = next(i for i, line in enumerate(lines) if line == {"event": "answered", "prompt": slow})
+    every = user_turns(out)
+    second_shard = set(every[5:10])
+    assert any(line["event"] == "request" and line["prompt"] in second_shard for line in lines[:answered_slow]), \
+        "a request of the second shard was sent before the first shard's slow answer came back"
+    assert sorted(server.events("request")) == sorted(every), "each prompt sent once"
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    assert Counter(as_sent(m[:-1]) for m in rows["messages"].to_list()) == {p: 2 for p in every}
+    for shard, prompts in enumerate((every[:5], every[5:10], every[10:])):
+        written = pl.read_parquet(out / "run" / "stages" / "00_generate" / f"shard-{shard:05d}.parquet")
+        assert [as_sent(m) for m in written["messages"].to_list()[::2]] == prompts, "prompt order within the shard"
