@@ -60,6 +60,41 @@ def datagen_cli(*args: Any, cwd: Path | None = None, timeout: int = 600) -> subp
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def datagen_in_process(*args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`datagen ARGS` run by `datagen.cli.main` in this process, from `cwd` (default: the
+    repository): the same code as the console script without 1-2 CPU-seconds of interpreter and
+    import start per call. Returns what `datagen_cli` returns (exit status, argparse's SystemExit
+    included; stdout and stderr as text) plus `seconds` (wall time). For checks of the CLI's exit
+    status and message; keep a few true console-script runs (datagen_cli) per behaviour. Sets
+    DATAGEN_NO_REEXEC so that a vllm recipe never re-executes the test process."""
+    import contextlib
+    import io
+    import os
+    import time
+
+    from datagen.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd()
+    reexec = os.environ.get("DATAGEN_NO_REEXEC")
+    os.environ["DATAGEN_NO_REEXEC"] = "1"
+    os.chdir(cwd or REPO)
+    start = time.monotonic()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit:
+                code = exit.code if isinstance(exit.code, int) else 1 if exit.code else 0
+    finally:
+        os.chdir(previous)
+        if reexec is None:
+            os.environ.pop("DATAGEN_NO_REEXEC", None)
+    result = subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+    result.seconds = time.monotonic() - start
+    return result
+
+
 # --- one question and canned answers to it -------------------------------------------------------
 
 QUESTION = [

@@ -11,9 +11,7 @@ under an address-space limit and must finish within BOUNDED_SECONDS.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import io
 import json
 import os
 import resource
@@ -28,7 +26,7 @@ from typing import Any, Callable
 import polars as pl
 import pytest
 
-from conftest import BASE_RECIPE, TINY_TEMPLATE, datagen_cli, write_yaml
+from helpers import BASE_RECIPE, TINY_TEMPLATE, datagen_cli, datagen_in_process, write_yaml
 
 KEY_LOOKALIKE = "sk-live-DO-NOT-ECHO-1234567890"
 
@@ -260,29 +258,8 @@ def snapshot(out: Path) -> dict[str, bytes]:
 
 
 def in_process(args: list, cwd: Path) -> subprocess.CompletedProcess:
-    """`datagen ARGS` run by `datagen.cli.main` in this process: exit status (argparse's SystemExit
-    too), stdout and stderr."""
-    from datagen.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    previous = os.getcwd()
-    os.chdir(cwd)
-    reexec = os.environ.get("DATAGEN_NO_REEXEC")
-    os.environ["DATAGEN_NO_REEXEC"] = "1"  # never exec a vLLM preload over the test process
-    start = time.monotonic()
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main([str(a) for a in args])
-            except SystemExit as exit:
-                code = exit.code
-    finally:
-        os.chdir(previous)
-        if reexec is None:
-            os.environ.pop("DATAGEN_NO_REEXEC", None)
-    result = subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-    result.seconds = time.monotonic() - start
-    return result
+    """`datagen ARGS` run by `datagen.cli.main` in this process (helpers.datagen_in_process)."""
+    return datagen_in_process(*args, cwd=cwd)
 
 
 def _limit_memory() -> None:
@@ -303,35 +280,42 @@ def bounded_cli(args: list, cwd: Path) -> subprocess.CompletedProcess:
 RUNNERS: dict[str, Callable] = {"in_process": in_process, "cli": lambda args, cwd: datagen_cli(*args, cwd=cwd), "bounded": bounded_cli}
 
 
+IN_PROCESS = [c for c in CASES if c.runner == "in_process"]
+PROCESSES = [c for c in CASES if c.runner != "in_process"]
+
+
+def run_case(case: Case, root: Path) -> tuple:
+    """(root, result or the exception raised, OUT's files before, OUT's files after)."""
+    try:
+        args = materialize(case, root)
+        before = snapshot(root / "out")
+        return root, RUNNERS[case.runner](args, root), before, snapshot(root / "out")
+    except BaseException as err:  # e.g. pytest.skip from a setup: reported by the case's test
+        return root, err, None, None
+    finally:
+        if case.setup is immutable_out:
+            release_immutable(root)
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
+    """The in-process cases, one after another."""
+    return {case.name: run_case(case, tmp_path_factory.mktemp(case.name)) for case in IN_PROCESS}
+
+
+@pytest.fixture(scope="module")
+def process_outcomes(tmp_path_factory):
+    """The console-script cases, two at a time."""
     # Directories are made here, in one thread: the factory creates its base directory lazily and
     # two threads making it at once get two different bases.
-    roots = {case.name: tmp_path_factory.mktemp(case.name) for case in CASES}
-
-    def run(case: Case):
-        root = roots[case.name]
-        try:
-            args = materialize(case, root)
-            before = snapshot(root / "out")
-            return root, RUNNERS[case.runner](args, root), before, snapshot(root / "out")
-        except BaseException as err:  # e.g. pytest.skip from a setup: reported by the case's test
-            return root, err, None, None
-        finally:
-            if case.setup is immutable_out:
-                release_immutable(root)
-
+    roots = {case.name: tmp_path_factory.mktemp(case.name) for case in PROCESSES}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        processes = [c for c in CASES if c.runner != "in_process"]
-        results = pool.map(run, processes)  # meanwhile, the in-process cases one after another here
-        found = {c.name: run(c) for c in CASES if c.runner == "in_process"}
-        found |= dict(zip((c.name for c in processes), results))
-    return found
+        results = pool.map(lambda case: run_case(case, roots[case.name]), PROCESSES)
+        return dict(zip((c.name for c in PROCESSES), results))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input_is_one_line_exit_2(case: Case, outcomes):
-    root, result, before, after = outcomes[case.name]
+def check(case: Case, outcome: tuple) -> None:
+    root, result, before, after = outcome
     if isinstance(result, BaseException):
         raise result
     lines = result.stderr.strip().splitlines()
@@ -348,6 +332,7 @@ def test_hostile_input_is_one_line_exit_2(case: Case, outcomes):
     assert len(line) < 400, "an error line stays short whatever the input"
     if case.runner != "cli":
         assert result.seconds < BOUNDED_SECONDS, f"took {result.seconds:.1f} s"
+    assert KEY_LOOKALIKE not in result.stderr + result.stdout, "a secret in the input is never echoed"
 
     # Nothing that was there before is touched, and nothing looks like a finished run.
     assert {name: after.get(name) for name in before} == before, "what the output directory held is as it was"
@@ -358,8 +343,20 @@ def test_hostile_input_is_one_line_exit_2(case: Case, outcomes):
             assert json.loads(manifest.read_text())["complete"] is False
 
 
+@pytest.mark.parametrize("case", IN_PROCESS, ids=[c.name for c in IN_PROCESS])
+def test_hostile_input_is_one_line_exit_2(case: Case, outcomes):
+    check(case, outcomes[case.name])
+
+
+@pytest.mark.slow  # a console-script process each: interpreter start, and inputs built to exhaust time or memory
+@pytest.mark.parametrize("case", PROCESSES, ids=[c.name for c in PROCESSES])
+def test_hostile_input_to_the_console_script_is_one_line_exit_2(case: Case, process_outcomes):
+    check(case, process_outcomes[case.name])
+
+
 def test_secrets_are_never_echoed(outcomes):
-    for name in ("api_key_in_recipe", "key_in_api_key_env", "secret_in_extra_body"):
+    """check() asserts the same for every case, api_key_in_recipe (a console-script case) included."""
+    for name in ("key_in_api_key_env", "secret_in_extra_body"):
         _, result, _, _ = outcomes[name]
         assert KEY_LOOKALIKE not in result.stderr + result.stdout
 

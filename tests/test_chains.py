@@ -17,7 +17,7 @@ import pytest
 from datagen.text.answers import extract_answer
 from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
-from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
+from helpers import TINY_TEMPLATE, datagen_in_process, write_yaml
 
 QUESTIONS = [
     {"question": "A farmer has 3 pens with 4 sheep each. How many sheep?", "answer": "12"},
@@ -185,7 +185,7 @@ def test_a_step_reading_a_column_no_earlier_step_writes_is_refused_by_validate(t
     data = json.loads(json.dumps(__import__("yaml").safe_load(path.read_text())))
     data["stages"].insert(0, data["stages"].pop(1))  # dedup on `question` before the parse step writes it
     write_yaml(path, data)
-    result = datagen_cli("validate", path)
+    result = datagen_in_process("validate", path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
@@ -194,7 +194,7 @@ def test_a_step_reading_a_column_no_earlier_step_writes_is_refused_by_validate(t
     data = __import__("yaml").safe_load(chain_recipe(tmp_path).read_text())
     data["stages"][2]["user"] = "{{ topic }} {{ difficulty }}: {{ no_such_column }}"
     write_yaml(path, data)
-    result = datagen_cli("validate", path)
+    result = datagen_in_process("validate", path)
     assert result.returncode == 2 and "stages.2" in result.stderr and "'no_such_column'" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
@@ -204,7 +204,7 @@ def test_vote_majority_as_a_reference_only_after_a_vote(tmp_path):
     data = __import__("yaml").safe_load(path.read_text())
     del data["stages"][3]  # no vote: nothing writes vote_majority
     write_yaml(path, data)
-    result = datagen_cli("validate", path)
+    result = datagen_in_process("validate", path)
     assert result.returncode == 2 and "stages.3" in result.stderr and "'vote_majority'" in result.stderr
 
 
@@ -293,6 +293,6 @@ def test_converse_extends_each_row_to_k_user_assistant_pairs_each_turn_its_own_s
 
 def test_a_filter_told_to_read_a_column_that_is_not_text_is_refused(tmp_path):
     path = chain_recipe(tmp_path)
-    result = datagen_cli("validate", path, "--set", "stages.1.column=lineage")
+    result = datagen_in_process("validate", path, "--set", "stages.1.column=lineage")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "stages.1" in result.stderr and "'lineage'" in result.stderr and "as text" in result.stderr

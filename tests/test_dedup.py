@@ -12,7 +12,7 @@ from datasketch import MinHash
 from pydantic import ValidationError
 from scipy import sparse
 
-from conftest import datagen_cli
+from helpers import datagen_cli, datagen_in_process
 from datagen.errors import DatagenError
 from datagen.run.executor import run_pipeline
 from datagen.text.minhash import MinHasher, jaccard, pair_jaccard, shingle
@@ -421,7 +421,7 @@ def test_cli_errors_one_line_exit_2(tmp_path, case, argv, message):
     args = [str(a) for a in argv(tmp_path)]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out.parquet")]
-    run = datagen_cli("dedup", *args, cwd=tmp_path)
+    run = datagen_in_process("dedup", *args, cwd=tmp_path)  # the console script: test_cli_parquet_end_to_end
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in run.stderr

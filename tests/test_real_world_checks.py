@@ -12,7 +12,7 @@ import pandas as pd
 import polars as pl
 import pytest
 
-from conftest import datagen_cli, write_yaml
+from helpers import datagen_cli, datagen_in_process
 from datagen.text import strict_json
 from datagen.text.answers import equivalent, extract_answer, final_answer, parse_reference
 from datagen.outputs.config import PairsConfig
@@ -350,7 +350,7 @@ def test_judge_verdicts_are_parsed_strictly():
 )
 def test_uncompilable_schemas_are_refused_at_validate(project, schema, words):
     recipe = project(stages=[{"stage": "verify", "verifiers": {"*": {"kind": "json_schema", "schema": schema}}}])
-    run = datagen_cli("validate", recipe, cwd=project.root, timeout=120)
+    run = datagen_in_process("validate", recipe, cwd=project.root)
     assert run.returncode == 2, run.stdout + run.stderr
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and words in lines[0], run.stderr
@@ -375,7 +375,7 @@ def test_dictionary_encoded_text_is_deduplicated_like_text(tmp_path, kind):
     else:
         dtype = pl.Categorical if kind == "polars_categorical" else pl.Enum(sorted(set(texts)))
         pl.DataFrame({"text": texts, "n": range(4)}).with_columns(pl.col("text").cast(dtype)).write_parquet(path)
-    run = datagen_cli("dedup", path, "--column", "text", "--out", tmp_path / "out.parquet", cwd=tmp_path)
+    run = datagen_in_process("dedup", path, "--column", "text", "--out", tmp_path / "out.parquet", cwd=tmp_path)
     assert run.returncode == 0, run.stderr
     out = pl.read_parquet(tmp_path / "out.parquet")
     assert out["n"].to_list() == [0, 1]
@@ -393,7 +393,7 @@ def test_dictionary_encoded_text_is_deduplicated_like_text(tmp_path, kind):
 )
 def test_non_string_values_in_a_jsonl_text_column_are_refused(tmp_path, lines, what):
     (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
-    run = datagen_cli("dedup", tmp_path / "in.jsonl", "--column", "text", "--out", tmp_path / "out.jsonl", cwd=tmp_path)
+    run = datagen_in_process("dedup", tmp_path / "in.jsonl", "--column", "text", "--out", tmp_path / "out.jsonl", cwd=tmp_path)
     assert run.returncode == 2
     line = run.stderr.strip()
     assert "\n" not in line and "in.jsonl" in line and what in line and f"row {len(lines)}" in line, line
@@ -403,5 +403,5 @@ def test_non_string_values_in_a_jsonl_text_column_are_refused(tmp_path, lines, w
 @pytest.mark.parametrize("values", [[1, 2], [1.5, 2.5], [[1], [2]], [True, False]])
 def test_non_string_parquet_text_columns_are_refused(tmp_path, values):
     pl.DataFrame({"text": values}).write_parquet(tmp_path / "in.parquet")
-    run = datagen_cli("dedup", tmp_path / "in.parquet", "--column", "text", "--out", tmp_path / "out.parquet", cwd=tmp_path)
+    run = datagen_in_process("dedup", tmp_path / "in.parquet", "--column", "text", "--out", tmp_path / "out.parquet", cwd=tmp_path)
     assert run.returncode == 2 and "not text" in run.stderr and len(run.stderr.strip().splitlines()) == 1

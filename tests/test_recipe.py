@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import PIPELINES, datagen_cli
+from helpers import PIPELINES, datagen_in_process
 from datagen.errors import DatagenError
 from datagen.recipe import load_recipe
 
@@ -70,7 +70,7 @@ def test_fingerprint_tracks_recipe_and_template_text(project):
 
 
 def test_preview_prints_prompts_without_a_model(project):
-    result = datagen_cli("preview", project(), "-n", "2")
+    result = datagen_in_process("preview", project(), "-n", "2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("=== tiny") == 2 and "slots: {" in result.stdout and "[user]" in result.stdout
     assert "(2 of 6 prompts)" in result.stdout

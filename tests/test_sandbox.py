@@ -16,7 +16,7 @@ import yaml
 
 from datagen.steps.sandbox import SandboxLimits, run_python
 
-from helpers import TEMPLATES, datagen_cli
+from helpers import TEMPLATES, datagen_in_process
 
 
 def run(code: str, **limits):
@@ -329,7 +329,7 @@ def test_verifier_limits_that_are_not_finite_or_past_the_maxima_are_refused(fiel
 @pytest.mark.parametrize("field, value", [BAD_LIMITS[0], BAD_LIMITS[3]])
 def test_a_bad_limit_in_a_recipe_is_one_line_naming_the_field_and_exit_2(project, field, value):
     recipe = project(stages=[{"stage": "verify", "verifiers": {"tiny": {"kind": "python_tests"}}}])
-    result = datagen_cli("validate", recipe, "--set", f"stages.0.verifiers.tiny.{field}={value}", timeout=60)
+    result = datagen_in_process("validate", recipe, "--set", f"stages.0.verifiers.tiny.{field}={value}")
     assert result.returncode == 2, result.stdout + result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and re.search(rf"verifiers\.tiny\.(python_tests\.)?{field}: ", lines[0]), result.stderr

@@ -185,6 +185,7 @@ def test_weights_and_recipe_numbers_follow_yaml_1_2(tmp_path):
     }
 
 
+@pytest.mark.slow  # the loop case spends the 5 s CPU limit on purpose
 def test_rendering_is_bounded_in_time_and_memory_and_names_the_field(tmp_path):
     import time
 

@@ -17,6 +17,7 @@ import pytest
 
 from datagen.errors import DatagenError
 from datagen.run.run_dir import RunDir, remove_own_files
+from helpers import datagen_in_process
 
 
 def cli(*args) -> tuple[int, str]:
@@ -143,7 +144,7 @@ print("done")
 
 
 def test_two_processes_running_into_one_out_at_once(project, tmp_path):
-    """A real second process: exit 2 with one line, and the first run finishes untouched."""
+    """Another process holds the run: a second run exits 2 with one line, and the first finishes untouched."""
     recipe, out = project(), project.root / "out"
     script = tmp_path / "slow_run.py"
     script.write_text(SLOW_RUN)
@@ -154,8 +155,7 @@ def test_two_processes_running_into_one_out_at_once(project, tmp_path):
         while not (out / "run" / "prompts.parquet").exists():  # written once the lock is held
             assert first.poll() is None and time.monotonic() < deadline, first.stderr.read() if first.poll() is not None else "slow start"
             time.sleep(0.05)
-        exe = Path(sys.executable).with_name("datagen")
-        second = subprocess.run([str(exe), "run", str(recipe), "--out", str(out), "--no-progress"], capture_output=True, text=True, timeout=120)
+        second = datagen_in_process("run", recipe, "--out", out, "--no-progress", cwd=tmp_path)  # this process is the second
         assert second.returncode == 2 and second.stderr.strip().splitlines() == [
             f"datagen: error: {out}: another datagen run is writing to this directory; wait for it to finish or choose another --out"
         ]
