@@ -5,6 +5,7 @@ SFTTrainer / DPOTrainer take two steps on it."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import datasets
@@ -33,8 +34,17 @@ def train_sft(ds: datasets.Dataset, out: Path) -> None:
     assert_two_steps(trainer)
 
 
-def test_self_instruct_math_sft_rows_agree_with_their_problems_majority(tmp_path):
-    ds = run_recipe("self_instruct_math", tmp_path / "out")
+@pytest.fixture(scope="module")
+def self_instruct(tmp_path_factory) -> Path:
+    """One self_instruct_math run (10 problems: enough for majority-vs-minority pairs with its
+    seed) shared by the SFT and the DPO test: the DPO output is built from the same run's stages."""
+    out = tmp_path_factory.mktemp("self_instruct") / "out"
+    run_recipe("self_instruct_math", out, "--set", "templates.0.count=10")
+    return out
+
+
+def test_self_instruct_math_sft_rows_agree_with_their_problems_majority(self_instruct, tmp_path):
+    ds = datasets.load_dataset(str(self_instruct), split="train")
     for row in ds:
         assert row["step"] == "solve" and row["lineage"][-1] == row["parent_id"] == row["group_id"]
         assert row["messages"][-2]["content"] == row["question"].strip(), "the solve step's request is the generated question"
@@ -44,15 +54,21 @@ def test_self_instruct_math_sft_rows_agree_with_their_problems_majority(tmp_path
     train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
 
 
-def test_self_instruct_math_as_majority_vs_minority_pairs(tmp_path):
-    ds = run_recipe("self_instruct_math", tmp_path / "out", "--set", "output.format=dpo", "--set", "output.pairs.strategy=majority",
+def test_self_instruct_math_as_majority_vs_minority_pairs(self_instruct, tmp_path):
+    """The same run as DPO pairs: only the output is built again (the manifest says which stages ran)."""
+    out = tmp_path / "dpo_out"
+    shutil.copytree(self_instruct, out)
+    before = json.loads((out / "run" / "manifest.json").read_text())["stages"]
+    ds = run_recipe("self_instruct_math", out, "--set", "output.format=dpo", "--set", "output.pairs.strategy=majority",
                     "--set", "templates.0.count=10")
+    assert json.loads((out / "run" / "manifest.json").read_text())["stages"] == before, "no stage ran again"
     assert set(ds["strategy"]) == {"majority"} and set(ds["chosen_verdict"]) == {"majority"} and set(ds["rejected_verdict"]) == {"minority"}
     train_dpo(ds.select_columns(["prompt", "chosen", "rejected"]), tmp_path / "dpo")
 
 
 def test_restyle_rewrites_keep_the_final_answer(tmp_path):
-    ds = run_recipe("restyle", tmp_path / "out")
+    # 3 of the recipe's 6 problems: each surviving solution is rewritten 3 times (300 tokens each)
+    ds = run_recipe("restyle", tmp_path / "out", "--set", "templates.0.count=3")
     assert set(ds["tone"]) <= {"formal", "playful", "concise"}
     for row in ds:
         assert f"in a {row['tone']} tone" in row["messages"][-2]["content"]
