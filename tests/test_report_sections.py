@@ -141,3 +141,32 @@ def test_each_section_takes_an_empty_summary(kind, tmp_path):
     assert isinstance(section.html("step", {}, view), str)
     assert isinstance(section.headline({}), str) and isinstance(section.trust({}), list)
     assert section.kept_errors({"stage": "step", "dropped": {}, "summary": {}}) == 0
+
+
+def test_a_new_kind_s_section_is_found_through_the_registry_alone(tmp_path, monkeypatch):
+    """A kind's section module plus its SECTIONS line is all the report, overview and trust need."""
+    from datagen.report.trust import trust
+
+    class NovelSection(Section):
+        key, title = "novel", "Novel step figures"
+
+        def headline(self, s):
+            return f"{s['made']} made"
+
+        def html(self, label, s, view):
+            return f"<h3>{label}</h3><p>made {s['made']}</p>"
+
+        def trust(self, s):
+            return [("made", str(s["made"]), "too many" if s["made"] > 3 else None)]
+
+    monkeypatch.setitem(SECTIONS, "novel", NovelSection())
+    out = _run(tmp_path, [{"stage": "finished"}])
+    view = load_run(out)
+    stages = [dict(s) for s in view.stages]
+    stages[-1] |= {"kind": "novel", "summary": {"made": 5}}
+    view = view.__class__(**{**view.__dict__, "stages": stages})
+    html = build_report(view)
+    assert "<h3>finished</h3><p>made 5</p>" in _section(html, "novel") and "Novel step figures" in html
+    assert ("finished", "5 made") in key_figures(view)
+    assert ("finished", [("made", "5", "too many")]) in trust(stages)
+    assert SECTIONS["novel"].card_lines("finished", {"made": 5})[:4] == ["", "### finished", "", "5 made"]
