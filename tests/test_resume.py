@@ -62,6 +62,13 @@ for backend in (ScriptedBackend, VLLMBackend):
         return result
     backend.generate = generate
 
+def stream(self, batches, _original=VLLMBackend.stream):  # how generation feeds the vLLM engine
+    for item in _original(self, batches):
+        if reached("generate"):  # a finished shard's completions exist only in memory
+            die()
+        yield item
+VLLMBackend.stream = stream
+
 original_apply = executor.apply_stage
 def apply_stage(stage, batch, templates=None):
     result = original_apply(stage, batch, templates)
