@@ -13,7 +13,7 @@ import datasets
 import polars as pl
 import pytest
 
-from helpers import PIPELINES, assert_two_steps, datagen_cli, load_embedded_model, trainer_args
+from helpers import PIPELINES, assert_two_steps, datagen_cli, datagen_in_process, load_embedded_model, trainer_args
 
 EXAMPLES = PIPELINES / "examples"
 TICKETS = {t["id"]: t for t in map(json.loads, (EXAMPLES / "tickets.jsonl").read_text().splitlines())}
@@ -79,20 +79,18 @@ def test_grounded_qa_takes_a_tickets_file_in_another_format(tmp_path, suffix):
     frame = pl.DataFrame(list(TICKETS.values())[:8]).drop("answer")
     path = tmp_path / f"tickets.{suffix}"
     frame.write_csv(path) if suffix == "csv" else frame.write_parquet(path)
-    result = datagen_cli("validate", PIPELINES / "grounded_qa.yaml", "--set", f"data.tickets.path={path}")
-    assert result.returncode == 0, result.stderr
-    # the real rows need the answer column: a tickets file without one is refused when the mix is built
-    # only if real rows are asked for; with the mix's real rows turned off it runs as it is
+    result = datagen_in_process("validate", PIPELINES / "grounded_qa.yaml", "--set", f"data.tickets.path={path}")
+    assert result.returncode == 0, result.stderr  # no answer column: the mix then has no real row
     docs = tmp_path / "docs"
     shutil.copytree(EXAMPLES / "api_docs", docs)
-    result = datagen_cli("validate", PIPELINES / "grounded_qa.yaml", "--set", f"data.tickets.path={path}", "--set", f"data.docs.path={docs}")
+    result = datagen_in_process("validate", PIPELINES / "grounded_qa.yaml", "--set", f"data.tickets.path={path}", "--set", f"data.docs.path={docs}")
     assert result.returncode == 0, result.stderr
 
 
 def test_grounded_qa_bad_tickets_file_is_one_line(tmp_path):
     path = tmp_path / "tickets.csv"
     path.write_text("id,subject,body\nT-1,Webhooks,Why retries?\nT-2,Labels,Void,extra\n")
-    result = datagen_cli("validate", PIPELINES / "grounded_qa.yaml", "--set", f"data.tickets.path={path}")
+    result = datagen_in_process("validate", PIPELINES / "grounded_qa.yaml", "--set", f"data.tickets.path={path}")
     assert result.returncode == 2 and result.stdout == ""
     [line] = result.stderr.strip().splitlines()
     assert str(path) in line and "row 2" in line

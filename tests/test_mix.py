@@ -19,7 +19,7 @@ from datagen.recipe import OutputConfig, load_recipe
 from datagen.run.executor import run_pipeline
 from datagen.sources.data import DataConfig, open_source
 from datagen.steps.judge import JudgeConfig, JudgeStage
-from helpers import PIPELINES, RIGHT, ScriptedModel, candidate_frame, datagen_cli
+from helpers import PIPELINES, RIGHT, ScriptedModel, candidate_frame, datagen_in_process
 
 # --- formulas ------------------------------------------------------------------------------------
 
@@ -381,7 +381,7 @@ def test_grounded_qa_wires_tickets_docs_restyle_judge_and_the_mix(tmp_path):
 def test_a_formula_column_the_rows_lack_stops_the_build_with_one_line_and_a_fix_reruns_nothing(project):
     out = project.root / "out"
     path = project(output={"mix": {"weight": "completion_tokens / max_tokens"}})
-    first = datagen_cli("run", path, "--out", out, "--progress", "none")
+    first = datagen_in_process("run", path, "--out", out, "--progress", "none")
     assert first.returncode == 2 and first.stdout == ""
     [line] = first.stderr.strip().splitlines()
     assert line.startswith(f"datagen: error: {path}: output.mix.weight: ") and "reads the column 'max_tokens', which the rows do not have" in line
@@ -389,7 +389,7 @@ def test_a_formula_column_the_rows_lack_stops_the_build_with_one_line_and_a_fix_
     assert stages and not (out / "data").exists(), "the stages are kept, no dataset is written"
     before = {p: p.stat().st_mtime_ns for p in stages}
     project(output={"mix": {"weight": "completion_tokens / 50", "top_k": 3}})
-    second = datagen_cli("run", path, "--out", out, "--progress", "none")
+    second = datagen_in_process("run", path, "--out", out, "--progress", "none")
     assert second.returncode == 0, second.stderr
     assert {p: p.stat().st_mtime_ns for p in stages} == before, "only the output is rebuilt"
     ds = datasets.load_dataset(str(out), split="train")
