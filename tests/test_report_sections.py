@@ -84,9 +84,9 @@ def test_a_renamed_judge_is_shown_by_the_judge_section_and_its_kept_errors_count
 
     card = (out / "README.md").read_text()
     assert f"| grader | {judged.height} | {judged.height} ({errors} with an error, not passed) |" in card
-    block = card.split("### grader", 1)[1]
-    assert block.split("```yaml", 1)[0].strip() == headline, "the card gives the section's headline above the figures"
-    assert yaml.safe_load(block.split("```yaml", 1)[1].split("```", 1)[0])["judged"] == judged.height
+    block = card.split("### grader\n\n```yaml\n", 1)[1]
+    assert yaml.safe_load(block.split("```", 1)[0])["judged"] == judged.height, "the summary as YAML right under the heading"
+    assert block.split("```", 1)[1].split("\n\n")[1].strip() == headline, "then the section's headline"
 
 
 def test_converse_summary_report_and_card(tmp_path):
@@ -169,4 +169,4 @@ def test_a_new_kind_s_section_is_found_through_the_registry_alone(tmp_path, monk
     assert "<h3>finished</h3><p>made 5</p>" in _section(html, "novel") and "Novel step figures" in html
     assert ("finished", "5 made") in key_figures(view)
     assert ("finished", [("made", "5", "too many")]) in trust(stages)
-    assert SECTIONS["novel"].card_lines("finished", {"made": 5})[:4] == ["", "### finished", "", "5 made"]
+    assert SECTIONS["novel"].card_lines("finished", {"made": 5}) == ["", "### finished", "", "```yaml", "made: 5", "```", "", "5 made"]

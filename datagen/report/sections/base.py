@@ -44,10 +44,11 @@ class Section:
         return f"<details><summary>{escape(label)}</summary><pre>{escape(text)}</pre></details>"
 
     def card_lines(self, label: str, summary: dict[str, Any]) -> list[str]:
-        """The step's Markdown lines in the dataset card: a heading, the headline and the summary as YAML."""
+        """The step's Markdown lines in the dataset card: a heading, the summary as YAML right
+        under it (readers parse that block), then the headline."""
         headline = self.headline(summary)
         dumped = yaml.safe_dump(summary, sort_keys=False).rstrip()
-        return ["", f"### {label}", "", *([headline, ""] if headline else []), "```yaml", dumped, "```"]
+        return ["", f"### {label}", "", "```yaml", dumped, "```", *(["", headline] if headline else [])]
 
     def trust(self, summary: dict[str, Any]) -> list[Figure]:
         """The step's rows in the trust section (datagen.report.flags); [] for a step without any."""
