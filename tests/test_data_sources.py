@@ -350,6 +350,32 @@ def test_a_null_column_a_template_needs_is_named(project):
         load_recipe(project([{"name": "ticket_q"}]))
 
 
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "data.prompts.path: file not found"),
+        (b"", "no header line"),
+        (b"id,prompt\n", "the source has no rows"),
+        (b"id,prompt\n1,caf\xe9\n", "line 2: not UTF-8 text"),
+        (b"id,prompt\n1,fine\n2,\n", "row 2 (id 2), column 'prompt' has no value"),
+        (b"id,question\n1,fine\n", "uses the column 'prompt', which the source does not have (columns: id, question)"),
+    ],
+)
+def test_bad_data_in_a_run_exits_2_with_one_line_and_writes_nothing(project, tmp_path, content, expected):
+    from helpers import datagen_in_process
+
+    recipe = project([{"name": "ticket_q", "count": 2}, {"from": "prompts"}])
+    path = tmp_path / "mine.csv"
+    if content is not None:
+        path.write_bytes(content)
+    out = tmp_path / "out"
+    result = datagen_in_process("run", recipe, "--out", out, "--no-progress", "--set", f"data.prompts.path={path}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0] and ("mine.csv" in lines[0] or "recipe.yaml" in lines[0]), result.stderr
+    assert not out.exists()
+
+
 def test_bad_data_through_the_cli_exits_2_and_writes_nothing(project, tmp_path):
     recipe = project([{"name": "ticket_q", "count": 2}, {"from": "prompts"}])
     (tmp_path / "bad.csv").write_bytes(b"id,prompt\n1,fine\n2,a,b\n")
