@@ -1,23 +1,26 @@
-"""Benchmark 1: generation overhead, datagen's pipeline vs raw vLLM `LLM.chat` on the same prompts.
+"""Benchmark 1: generation throughput, datagen's whole run vs one raw vLLM `LLM.chat` over all prompts.
 
-    .venv/bin/python benchmarks/bench_generate.py [--prompts 128] [--n 1] [--max-tokens 48]
-    .venv/bin/python benchmarks/bench_generate.py --model Qwen/Qwen2.5-7B-Instruct --prompts 2000 --max-tokens 512   # GPU
+    .venv/bin/python benchmarks/bench_generate.py                     # CPU default: 512 prompts, n=4, max_tokens 128, shards 16/64/256
+    .venv/bin/python benchmarks/bench_generate.py --model Qwen/Qwen2.5-7B-Instruct --prompts 4000 --max-tokens 512   # GPU
 
-Both sides use one and the same `vllm.LLM`, built by datagen's vLLM backend (so the engine
-settings are identical by construction: on CPU eager mode, bfloat16, no chunked prefill), and the
-same prompts (the shipped assistant_requests template), sampling parameters and per-request seeds,
-so they generate the same tokens. `min_tokens = max_tokens` fixes the work per request.
+Both sides use one and the same `vllm.LLM`, built by datagen's vLLM backend (identical engine
+settings by construction: on CPU eager mode, bfloat16, no chunked prefill), the same prompts (the
+shipped assistant_requests template), sampling parameters and per-request seeds. Completions end
+where the model ends them (no min_tokens): natural lengths vary by 10x, which is what makes an
+engine drain at the end of every blocking shard call.
 - raw: one `LLM.chat` call with every prompt, as a hand-written script would do it.
-- datagen: `run_pipeline` on a recipe with no filter stages: template expansion, shards of
-  `shard_size` prompts (one `LLM.chat` each), candidate rows, Parquet shards and manifest, the
-  dataset writer and everything else a run does.
-A warm-up raw pass comes first (prefix cache and allocator are warm for everyone), then the two
-alternate (raw, datagen, datagen, raw, ...). Reported, as medians over the repeats:
-- datagen's wall time over raw's (the target: within 5%);
-- datagen's own time: its wall time minus the time spent inside `LLM.chat`, over raw's wall time.
-  On a machine shared with other jobs, where one run's wall time swings by 2x, this is the
-  steady figure: it is the Python/polars/Parquet work datagen adds around the engine;
-- the engine time of datagen's sharded calls over raw's single call (what sharding costs).
+- datagen: `run_pipeline` on a recipe with no filter stages, at each --shard-sizes value: template
+  expansion, the engine fed shard after shard (datagen.llm.base.stream), candidate rows, a
+  Parquet shard and manifest written as each shard finishes, the dataset writer and everything
+  else a run does.
+A short warm-up pass comes first; then the sides alternate in a rotating order (raw first, then
+each shard size, then raw again, ...), so that load from other jobs on a shared machine falls on
+every side. Reported per run: wall and CPU seconds, tokens, tok/s and the load average; then, per
+datagen shard size, its median wall time over the median raw wall time, and its tok/s over raw's
+(the fair figure when the two sides' natural lengths differ by a few tokens: batching changes
+bfloat16 numerics, so a sampled token can differ), and the engine steps each side took (forward
+passes: for the same tokens, more steps mean emptier batches; the load does not move this one).
+--blocking adds the path datagen had before, one blocking `LLM.chat` per shard, for reference.
 """
 
 from __future__ import annotations
@@ -48,20 +51,17 @@ def _preload_openmp() -> None:
 
 
 class SharedEngine:
-    """datagen's backend around the benchmark's one engine; closed once, at the end. Counts the
-    seconds spent in the engine's generate calls."""
+    """datagen's backend around the benchmark's one engine (generate and stream), closed once, at the end."""
 
     def __init__(self, backend):
         self.backend = backend
         self.model_name = backend.model_name
-        self.engine_seconds = 0.0
 
     def generate(self, requests, sampling):
-        start = time.perf_counter()
-        try:
-            return self.backend.generate(requests, sampling)
-        finally:
-            self.engine_seconds += time.perf_counter() - start
+        return self.backend.generate(requests, sampling)
+
+    def stream(self, batches):
+        return self.backend.stream(batches)
 
     def close(self) -> None:
         pass
@@ -70,11 +70,12 @@ class SharedEngine:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="embedded")
-    parser.add_argument("--prompts", type=int, default=128)
-    parser.add_argument("--n", type=int, default=1, help="completions per prompt")
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--shard-size", type=int, default=64, help="prompts per shard (the recipe default is 64)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each side")
+    parser.add_argument("--prompts", type=int, default=512)
+    parser.add_argument("--n", type=int, default=4, help="completions per prompt")
+    parser.add_argument("--max-tokens", type=int, default=128)
+    parser.add_argument("--shard-sizes", default="16,64,256", help="datagen shard sizes to measure (the recipe default is 64)")
+    parser.add_argument("--blocking", action="store_true", help="also time the old path: one blocking LLM.chat per shard")
+    parser.add_argument("--repeats", type=int, default=1, help="rounds (each: raw once, datagen once per shard size)")
     parser.add_argument("--engine", default="{}", help="JSON: extra vllm.LLM arguments, e.g. '{\"tensor_parallel_size\": 2}'")
     args = parser.parse_args()
     _preload_openmp()
@@ -87,90 +88,117 @@ def main() -> int:
     from datagen.llm.generate import request_seed
     from datagen.recipe import load_recipe
 
+    sizes = [int(x) for x in args.shard_sizes.split(",")]
     print(f"machine: {machine()}")
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
+    runs: list[dict] = []
     try:
-        recipe = {
-            "name": "bench-generate",
-            "seed": 1,
-            "template_dirs": [str(REPO / "templates")],
-            "templates": [{"name": "assistant_requests", "count": args.prompts}],
-            "backend": {
-                "kind": "vllm",
-                "model": args.model,
-                "engine": json.loads(args.engine),
-                "sampling": {"n": args.n, "temperature": 0.8, "top_p": 0.95, "max_tokens": args.max_tokens, "min_tokens": args.max_tokens},
-            },
-            "stages": [],
-            "execution": {"shard_size": args.shard_size},
-        }
-        path = work / "recipe.yaml"
-        path.write_text(yaml.safe_dump(recipe))
-        loaded = load_recipe(path)
-        config, seed = loaded.recipe.backend, loaded.recipe.sampling_seed
+        def recipe_at(size: int):
+            recipe = {
+                "name": "bench-generate",
+                "seed": 1,
+                "template_dirs": [str(REPO / "templates")],
+                "templates": [{"name": "assistant_requests", "count": args.prompts}],
+                "backend": {
+                    "kind": "vllm",
+                    "model": args.model,
+                    "engine": json.loads(args.engine),
+                    "sampling": {"n": args.n, "temperature": 0.8, "top_p": 0.95, "max_tokens": args.max_tokens},
+                },
+                "stages": [],
+                "execution": {"shard_size": size},
+            }
+            path = work / f"recipe-{size}.yaml"
+            path.write_text(yaml.safe_dump(recipe))
+            return load_recipe(path)
+
+        loaded = {size: recipe_at(size) for size in sizes}
+        first = loaded[sizes[0]]
+        config, seed = first.recipe.backend, first.recipe.sampling_seed
         print(f"engine settings (both sides): {engine_kwargs(config, is_cpu_build(), seed)}")
         backend = VLLMBackend(config, seed)
         llm = backend.llm
 
-        prompts = expand_prompts(loaded)
+        prompts = expand_prompts(first)
         messages = prompts["messages"].to_list()
         sampling = config.sampling
         params = [
             SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                           min_tokens=sampling.min_tokens, seed=request_seed(seed, pid))
+                           seed=request_seed(seed, pid))
             for pid in prompts["prompt_id"]
         ]
 
-        def raw() -> int:
-            outputs = llm.chat(messages, sampling_params=params, use_tqdm=False)
+        # Engine steps (one forward pass each) per run: a figure the machine's load does not move.
+        # Fewer steps for the same tokens = fuller batches; a drained engine takes extra steps.
+        steps = [0]
+        engine_step = llm.llm_engine.step
+
+        def counted_step():
+            steps[0] += 1
+            return engine_step()
+
+        llm.llm_engine.step = counted_step
+
+        def blocking(size: int) -> int:
+            """The old path, for reference: one blocking LLM.chat per shard of `size` prompts."""
+            total = 0
+            for i in range(0, len(messages), size):
+                outputs = llm.chat(messages[i:i + size], sampling_params=params[i:i + size], use_tqdm=False)
+                total += sum(len(c.token_ids) for out in outputs for c in out.outputs)
+            return total
+
+        def raw(count: int | None = None) -> int:
+            outputs = llm.chat(messages[:count], sampling_params=params[:count], use_tqdm=False)
             return sum(len(c.token_ids) for out in outputs for c in out.outputs)
 
-        engine_time: list[float] = []
-
-        def pipeline(i: int) -> int:
-            out = work / f"out-{i}"
+        def pipeline(size: int, i: int) -> int:
+            out = work / f"out-{size}-{i}"
             shared = SharedEngine(backend)
-            run_pipeline(loaded, out, progress=False, backend_factory=lambda: shared)
-            engine_time.append(shared.engine_seconds)
+            run_pipeline(loaded[size], out, progress=False, backend_factory=lambda: shared)
             manifest = json.loads((out / "run" / "manifest.json").read_text())
+            shutil.rmtree(out, ignore_errors=True)
             return sum(s["tokens"] for s in manifest["stages"]["generate"]["shards"].values())
 
         start = time.perf_counter()
-        warm_tokens = raw()
-        print(f"warm-up: {len(messages)} prompts x n={sampling.n}, {warm_tokens} tokens in {time.perf_counter() - start:.1f} s")
-        times: dict[str, list[float]] = {"raw": [], "datagen": []}
-        cpu: dict[str, list[float]] = {"raw": [], "datagen": []}
-        tokens: dict[str, set[int]] = {"raw": set(), "datagen": set()}
+        warm_tokens = raw(32)
+        print(f"warm-up: 32 prompts x n={sampling.n}, {warm_tokens} tokens in {time.perf_counter() - start:.1f} s; "
+              f"timed: {len(messages)} prompts x n={sampling.n}, max_tokens {sampling.max_tokens}")
+        sides = ["raw"] + [f"datagen@{size}" for size in sizes] + [f"blocking@{size}" for size in sizes if args.blocking]
         for r in range(args.repeats):
-            order = ["raw", "datagen"] if r % 2 == 0 else ["datagen", "raw"]
+            order = sides[r % len(sides):] + sides[: r % len(sides)]
+            if r == args.repeats - 1:
+                order.append(order[0])  # end where the round began: the first side is measured at both ends of the load
             for side in order:
+                load = os.getloadavg()[0]
                 start, cpu_start = time.perf_counter(), time.process_time()
-                count = raw() if side == "raw" else pipeline(r)
-                times[side].append(time.perf_counter() - start)
-                cpu[side].append(time.process_time() - cpu_start)
-                tokens[side].add(count)
-                inside = f", {engine_time[-1]:7.2f} s in LLM.chat" if side == "datagen" else ""
-                print(f"  {side:>7}: {times[side][-1]:7.2f} s wall, {cpu[side][-1]:7.2f} CPU s, {count / times[side][-1]:8.1f} tok/s{inside}", flush=True)
+                steps[0] = 0
+                kind, _, size = side.partition("@")
+                count = raw() if side == "raw" else pipeline(int(size), r) if kind == "datagen" else blocking(int(size))
+                wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+                runs.append({"side": side, "wall": wall, "cpu": cpu, "tokens": count, "load": load, "steps": steps[0]})
+                print(f"  {side:>12}: {wall:7.1f} s wall, {cpu:7.1f} CPU s, {count:7d} tokens, {count / wall:7.1f} tok/s, "
+                      f"{steps[0]} engine steps, load {load:.1f}", flush=True)
         backend.close()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    median = {side: (statistics.median(times[side]), statistics.median(cpu[side])) for side in times}
+    def median(side: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs if run["side"] == side)
+
+    def rate(side: str) -> float:
+        return statistics.median(run["tokens"] / run["wall"] for run in runs if run["side"] == side)
+
     print()
-    print("| side | median wall s | median CPU s | tokens per run | tok/s (wall) |")
-    print("|---|---:|---:|---:|---:|")
-    for side, name in (("raw", "raw vLLM LLM.chat"), ("datagen", "datagen run_pipeline")):
-        count = next(iter(tokens[side]))
-        print(f"| {name} | {median[side][0]:.2f} | {median[side][1]:.2f} | {count} | {count / median[side][0]:.1f} |")
-    same = tokens["raw"] == tokens["datagen"] and len(tokens["raw"]) == 1
-    raw_wall = median["raw"][0]
-    wall = median["datagen"][0] / raw_wall
-    own = statistics.median(t - e for t, e in zip(times["datagen"], engine_time)) / raw_wall
-    sharding = statistics.median(engine_time) / raw_wall
-    print(f"\nsame tokens every run: {same}")
-    print(f"datagen / raw wall time: {wall:.3f} ({100 * (wall - 1):+.1f}%)")
-    print(f"datagen's own time outside LLM.chat / raw wall time: {100 * own:.2f}%")
-    print(f"LLM.chat time in datagen's {-(-len(messages) // args.shard_size)} shard call(s) / raw's single call: {sharding:.3f}")
+    print("| side | runs | median wall s | median CPU s | median tokens | tok/s | engine steps | wall / raw | tok/s / raw | steps / raw |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for side in sides:
+        count = sum(run["side"] == side for run in runs)
+        wall = median(side, "wall") / median("raw", "wall")
+        speed = rate(side) / rate("raw")
+        print(f"| {side} | {count} | {median(side, 'wall'):.1f} | {median(side, 'cpu'):.1f} | {median(side, 'tokens'):.0f} | "
+              f"{rate(side):.1f} | {median(side, 'steps'):.0f} | {wall:.3f} | {speed:.3f} | {median(side, 'steps') / median('raw', 'steps'):.3f} |")
+    loads = [run["load"] for run in runs]
+    print(f"\nload average (1 min) at the runs' starts: {min(loads):.1f} to {max(loads):.1f}")
     return 0
 
 
