@@ -10,10 +10,9 @@ import sys
 import polars as pl
 import pytest
 
-from datagen.llm import ChatRequest, engine_identity
+from datagen.llm import engine_identity
 from datagen.recipe import load_recipe
 from datagen.rows import BackendConfig
-from datagen.run.console import EngineOutput
 from datagen.run.engines import EnginePool
 from datagen.run.executor import run_pipeline
 from helpers import ScriptedModel
@@ -120,7 +119,6 @@ from pathlib import Path
 from datagen.llm import ChatRequest
 from datagen.llm.scripted import ScriptedBackend
 from datagen.rows import BackendConfig
-from datagen.run.console import EngineOutput
 from datagen.run.engines import EnginePool
 
 logging.basicConfig(stream=sys.stdout, level=logging.INFO)  # a library's handler on the console, as vLLM sets one up
