@@ -18,11 +18,13 @@ DEFAULT_SEVERITY = "severity"
 EXAMPLES = RESOURCES / "pipelines" / "examples"
 EXAMPLE_FAILURES, EXAMPLE_TRAIN = EXAMPLES / "failures.jsonl", EXAMPLES / "train.jsonl"
 # What a failure is embedded as, by kind, when `embed` is not given (see signals.embed_failures).
-# Code: where output and expected differ (the failure mode), a little of the output; not the
-# prompt (its topic would split one mode by topic). Other kinds: the question and the wrong answer.
-CODE_WEIGHTS = {"prompt": 0.0, "output": 0.3, "expected": 0.0, "changed_tokens": 1.0, "changed_lines": 0.5}
+# Code: where output and expected differ (the failure mode) as text and as the classes of tokens
+# that changed (change_kinds: keywords, dropped identifiers, numbers, operators), a little of the
+# output; not the prompt (its topic would split one mode by topic). Other kinds: the question and
+# the wrong answer.
+CODE_WEIGHTS = {"prompt": 0.0, "output": 0.3, "expected": 0.0, "changed_tokens": 1.0, "changed_lines": 0.5, "change_kinds": 1.0}
 TEXT_WEIGHTS = {"prompt": 1.0, "output": 1.0, "expected": 0.0, "changed_tokens": 0.0, "changed_lines": 0.0}
-EmbedComponent = Literal["prompt", "output", "expected", "changed_tokens", "changed_lines", "diagnosis"]
+EmbedComponent = Literal["prompt", "output", "expected", "changed_tokens", "changed_lines", "change_kinds", "diagnosis"]
 DIAGNOSIS_WEIGHTS = {"diagnosis": 1.0}
 
 
@@ -46,7 +48,8 @@ class InputConfig(StrictModel):
         "auto", description="auto: a failure whose expected answer (or output) is Python defining a function is code; the rest math"
     )
     embed: dict[EmbedComponent, float] | None = Field(
-        None, description="weights of what a failure is embedded as (prompt, output, expected, changed_tokens, changed_lines); "
+        None, description="weights of what a failure is embedded as (prompt, output, expected, changed_tokens, changed_lines, "
+        "change_kinds: the classes of tokens a code fix changes); "
         "default by kind: code weighs where output and expected differ, other kinds the prompt and output; diagnosis needs `diagnose`"
     )
     diagnose: DiagnoseConfig | None = Field(

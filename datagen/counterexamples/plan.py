@@ -11,13 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from datagen.counterexamples.allocate import allocate
 from datagen.counterexamples.clusters import Cluster, Clustering, cluster_failures, nearest, unit
 from datagen.counterexamples.config import InputConfig
 from datagen.sources.failures import read_failures, read_train
-from datagen.counterexamples.signals import code_of, component_texts, embed_failures
+from datagen.counterexamples.signals import code_of, component_texts, component_vectors, embed_failures
 from datagen.text.embeddings import encode, load_encoder
 from datagen.errors import DatagenError
 
@@ -187,11 +188,23 @@ def _code_correction_rows(cluster: Cluster, failures: pl.DataFrame, budget: int,
     return rows, dict(skipped)
 
 
-def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None) -> Plan:
-    """Read, embed, cluster, allocate: the whole plan, without generating anything.
+@dataclass
+class Embedded:
+    """The failures read and embedded: what a plan needs before k-means (the same for every seed)."""
 
-    Raises DatagenError (naming the file and column) for a bad failures or training file, a k
-    larger than the failures, or all-zero severities."""
+    failures: pl.DataFrame
+    joint: np.ndarray  # (n, d): what is clustered, unit rows (signals.embed_failures)
+    prompt_vectors: np.ndarray  # (n, 384): the prompts alone, for the nearest training examples
+    labels: list[str]  # per failure, the text its cluster's terms are drawn from
+    weights: dict[str, float]
+    encoder: Any
+
+
+def embed_plan_failures(config: InputConfig, diagnose_backend=None) -> Embedded:
+    """Read the failures and embed them as the config says (diagnosing them first if asked).
+
+    Raises DatagenError (naming the file and column) for a bad failures file or a k larger than
+    the failures."""
     failures = load_failures(config)
     if config.k is not None and config.k > failures.height:
         raise DatagenError(f"k ({config.k}) is larger than the number of failures ({failures.height})", config.failures, "input.k")
@@ -207,8 +220,9 @@ def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None
 
         texts["diagnosis"] = diagnose(failures, config.diagnose, diagnose_backend)
         failures = failures.with_columns(pl.Series("diagnosis", texts["diagnosis"], dtype=pl.String))
+    computed = component_vectors(outputs, expected) if weights.get("change_kinds", 0) > 0 else None
     try:
-        joint = embed_failures(encoder, texts, weights)
+        joint = embed_failures(encoder, texts, weights, computed=computed)
     except ValueError as err:
         raise DatagenError(str(err), config.failures, "input.embed") from None
     prompt_vectors = embed_failures(encoder, texts, {"prompt": 1.0})
@@ -216,8 +230,22 @@ def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None
         f"{_unmarked(texts['changed_tokens'][i])}\n{p}\n{o}" if code else f"{p}\n{o}"
         for i, (p, o) in enumerate(zip(prompts, texts["output"]))
     ] if config.diagnose is None else [d or "" for d in texts["diagnosis"]]
+    return Embedded(failures, joint, prompt_vectors, labels, weights, encoder)
+
+
+def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None, embedded: Embedded | None = None) -> Plan:
+    """Read, embed, cluster, allocate: the whole plan, without generating anything. `embedded`
+    (embed_plan_failures of the same config) skips reading and embedding: plans for several seeds
+    or budgets share one embedding.
+
+    Raises DatagenError (naming the file and column) for a bad failures or training file, a k
+    larger than the failures, or all-zero severities."""
+    if embedded is None:
+        embedded = embed_plan_failures(config, diagnose_backend)
+    failures, encoder, weights, prompt_vectors = embedded.failures, embedded.encoder, embedded.weights, embedded.prompt_vectors
+    expected, kinds = failures["expected"].to_list(), failures["kind"].to_list()
     clustering = cluster_failures(
-        joint, labels, k=config.k, k_range=config.k_range, seed=seed, n_seeds=config.k_seeds, tolerance=config.k_tolerance
+        embedded.joint, embedded.labels, k=config.k, k_range=config.k_range, seed=seed, n_seeds=config.k_seeds, tolerance=config.k_tolerance
     )
 
     severity = failures["severity"].to_numpy()
@@ -290,4 +318,4 @@ def plan_for(config: InputConfig, budget: int, seed: int) -> Plan:
     return _plans[key]
 
 
-__all__ = ["ClusterPlan", "Plan", "load_failures", "make_plan", "plan_for", "tag_agreement"]
+__all__ = ["ClusterPlan", "Embedded", "Plan", "embed_plan_failures", "load_failures", "make_plan", "plan_for", "tag_agreement"]

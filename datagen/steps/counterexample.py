@@ -33,7 +33,6 @@ from pydantic import Field, PrivateAttr
 
 from datagen.text.answers import final_answer
 from datagen.counterexamples.config import InputConfig
-from datagen.counterexamples.signals import FENCE
 from datagen.steps.base import FittedVerdicts, RunStep, StageConfigBase
 from datagen.steps.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
 
@@ -112,9 +111,11 @@ def parse_code_counterexample(text: str | None, min_words: int = 1) -> dict[str,
         return parsed
     if any(p in text.lower() for p in CODE_PLACEHOLDERS):
         return parsed
-    blocks = [body.strip() for _, body in FENCE.findall(solution) if body.strip()]
+    from datagen.steps.verify import fenced_blocks
+
+    blocks = [body.strip() for _, body in fenced_blocks(solution) if body.strip()]
     code = blocks[0] if blocks else solution
-    test_blocks = [body.strip() for _, body in FENCE.findall(tests or "") if body.strip()]
+    test_blocks = [body.strip() for _, body in fenced_blocks(tests or "") if body.strip()]
     test_code = test_blocks[0] if test_blocks else (tests or "").strip()
     parsed.update(problem=problem, solution=f"```python\n{code}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
     return parsed

@@ -255,7 +255,6 @@ class ContainsVerifier(_TextMatchVerifier):
         return Verdict(True)
 
 
-FENCE = re.compile(r"^[ \t]*```[ \t]*([\w+.-]*)[^\n]*\n(.*?)(?:^[ \t]*```[ \t]*$|\Z)", re.M | re.S)
 PYTHON_FENCE_TAGS = {"", "python", "python3", "py"}
 SANDBOX_REASONS = {"failed": "tests_failed", "timeout": "timeout", "memory": "memory", "killed": "killed", "error": "sandbox_error"}
 
@@ -278,10 +277,61 @@ def _used_names(code: str) -> set[str]:
     return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} if tree else set()
 
 
+FENCE_RUN = re.compile(r"`{3,}|~{3,}")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language tag, body) of every fenced code block in `text`, in order.
+
+    A fence is a run of 3 or more backticks or tildes (CommonMark). Unlike CommonMark, it may open
+    after other text on the same line ("Sure! ```python"), as chat models write: on a line with an
+    odd number of runs of one fence character, the last run opens a block (an even number are
+    inline pairs, "use ```x``` here"). The tag is the first word after the opening run, lower-cased.
+    A block closes at a line holding only a run of the same character at least as long, else at
+    such a run ending a line of code ("    return x```"), else at the end of the text (a cut-off
+    answer keeps its code)."""
+    blocks: list[tuple[str, str]] = []
+    lines = (text or "").splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        opening = None
+        for char in "`~":
+            runs = [m for m in FENCE_RUN.finditer(line) if m.group()[0] == char]
+            if len(runs) % 2 == 1 and (opening is None or runs[-1].start() > opening.start()):
+                opening = runs[-1]
+        i += 1
+        if opening is None:
+            continue
+        fence = opening.group()
+        info = line[opening.end() :].strip().split()
+        tag = info[0].lower() if info else ""
+        body: list[str] = []
+        while i < len(lines):
+            current = lines[i]
+            i += 1
+            stripped = current.strip()
+            if stripped and set(stripped) == {fence[0]} and len(stripped) >= len(fence):
+                break
+            trailing = re.search(re.escape(fence[0]) + "{%d,}[ \t]*$" % len(fence), current)
+            if trailing is not None and current[: trailing.start()].strip():
+                body.append(current[: trailing.start()])
+                break
+            body.append(current)
+        blocks.append((tag, "\n".join(body) + ("\n" if body else "")))
+    return blocks
+
+
 def extract_code(completion: str, tests: str) -> str | None:
-    """The candidate's program: its Python code block (the one defining what the tests call, when
-    there are several), else the whole completion if it is Python; None when there is no code."""
-    blocks = [body for tag, body in FENCE.findall(completion) if tag.lower() in PYTHON_FENCE_TAGS and body.strip()]
+    """The candidate's program, or None when there is no code.
+
+    Its Python code blocks (fenced_blocks tagged python, python3, py, or untagged; a block tagged
+    with another language, say bash or text, is not the program) are considered. When there are
+    several, the last one that defines a name the tests use: an answer that revises its code
+    shows the final version last, and a usage example after the program defines nothing the
+    tests call. If none defines such a name, the last Python block. Without any fenced Python
+    block, the whole completion if it parses as Python."""
+    blocks = [body for tag, body in fenced_blocks(completion) if tag in PYTHON_FENCE_TAGS and body.strip()]
     if not blocks:
         return completion if completion.strip() and _syntax_tree(completion) is not None else None
     wanted = _used_names(tests)
