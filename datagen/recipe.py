@@ -207,12 +207,15 @@ class Recipe(StrictModel):
         return self.backend.sampling.seed if self.backend.sampling.seed is not None else self.seed
 
     def backends(self) -> list[tuple[str, BackendConfig]]:
-        """Every model the recipe runs, with its field: the generator's, then any stage's own (judge, revise, ...)."""
+        """Every model the recipe runs, with its field: the generator's, then any stage's own (judge, revise, ...),
+        then the counterexample input's diagnosis model."""
         found = [("backend", self.backend)]
         for i, stage in enumerate(self.stages):
             backend = getattr(stage, "backend", None)
             if isinstance(backend, BackendConfig):
                 found.append((f"stages[{i}].{stage.stage}.backend", backend))
+        if self.input is not None and self.input.diagnose is not None:
+            found.append(("input.diagnose.backend", self.input.diagnose.backend))
         return found
 
     def embedding_models(self) -> list[tuple[str, str]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import polars as pl
 
 from datagen.errors import DatagenError
-from datagen.steps.dedup import read_table
+from datagen.steps.dedup import read_table, text_column
 
 OUTPUT_COLUMN, EXPECTED_COLUMN, TAG_COLUMN, ID_COLUMN = "output", "expected", "tag", "id"
 KIND_COLUMN, TESTS_COLUMN = "kind", "tests"
@@ -40,18 +40,20 @@ def _first_row(mask: pl.Series) -> int:
 
 
 def _text(frame: pl.DataFrame, column: str, path: Path, *, required: bool, numbers_ok: bool = False) -> pl.Series | None:
-    """A text column as String; required ones must exist and be non-blank in every row."""
+    """A text column as String; required ones must exist and be non-blank in every row. With
+    `numbers_ok` a numeric column is accepted and written as text (an `expected` of 19, an `id` of 7)."""
     if column not in frame.columns:
         if required:
             raise _missing(frame, column, path)
         return None
     series = frame[column]
-    if series.dtype == pl.Null:
+    if numbers_ok and series.dtype.is_numeric():
         series = series.cast(pl.String)
-    elif series.dtype != pl.String:
-        if not (numbers_ok and series.dtype.is_numeric()):
-            raise DatagenError(f"holds {series.dtype}, not text", path, column)
-        series = series.cast(pl.String)
+    else:
+        # The shared text-column rules (dedup.text_column): dictionary-encoded text (pandas
+        # "category", polars Categorical/Enum) is text; other types, and a JSONL column mixing
+        # strings with numbers or objects, are refused naming the first such row.
+        series = text_column(frame, column, path, column)
     blank = series.is_null() | (series.str.strip_chars() == "")
     if required and blank.any():
         raise DatagenError(f"row {_first_row(blank)} is empty", path, column)
