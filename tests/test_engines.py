@@ -119,6 +119,7 @@ from pathlib import Path
 from datagen.llm import ChatRequest
 from datagen.llm.scripted import ScriptedBackend
 from datagen.rows import BackendConfig
+from datagen.run.console import EngineOutput
 from datagen.run.engines import EnginePool
 
 logging.basicConfig(stream=sys.stdout, level=logging.INFO)  # a library's handler on the console, as vLLM sets one up
