@@ -221,7 +221,7 @@ def test_read_failures_fills_defaults_and_keeps_ids(tmp_path):
     [
         ([{"prompt": "Q", "expected": "1"}], {}, r"f\.jsonl: output: missing column \(the file has: prompt, expected\)"),
         ([{"prompt": "Q", "output": "A"}, {"prompt": " ", "output": "A"}], {}, r"f\.jsonl: prompt: row 2 is empty"),
-        ([{"prompt": "Q", "output": 3}], {}, r"f\.jsonl: output: holds Int64, not text"),
+        ([{"prompt": "Q", "output": 3}], {}, r"f\.jsonl: output: column 'output' holds Int64, not text"),
         ([{"id": "a", "prompt": "Q", "output": "A"}, {"id": "a", "prompt": "R", "output": "B"}], {}, r"f\.jsonl: id: duplicate id 'a'"),
         ([{"prompt": "Q", "output": "A", "severity": -1}], {}, r"f\.jsonl: severity: row 1: severity must be a finite number >= 0"),
         ([{"prompt": "Q", "output": "A", "severity": "high"}], {}, r"f\.jsonl: severity: holds String, not numbers"),

@@ -194,7 +194,7 @@ class Embedded:
 
     failures: pl.DataFrame
     joint: np.ndarray  # (n, d): what is clustered, unit rows (signals.embed_failures)
-    prompt_vectors: np.ndarray  # (n, 384): the prompts alone, for the nearest training examples
+    prompt_vectors: np.ndarray  # (n, d_model): the prompts alone, for the nearest training examples
     labels: list[str]  # per failure, the text its cluster's terms are drawn from
     weights: dict[str, float]
     encoder: Any
