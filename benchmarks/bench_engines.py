@@ -7,8 +7,8 @@ datagen: `run_pipeline` on generate -> judge (the shipped helpfulness rubric), b
 model; the run's EnginePool starts engines through a counter, so the figure is the engines the run
 really started (target: 1). raw: a hand-written script's equivalent with one engine: load it once,
 one `LLM.chat` over the generation requests, one over the judge requests (the very requests the
-datagen run sent, recorded, so both sides do the same work). Reported: loads, datagen's wall time,
-and raw's load + the two calls.
+datagen run sent, recorded, so both sides do the same work). vllm is imported before either side
+is timed. Reported: loads, datagen's wall time (its one load included), and raw's load + the two calls.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ def main() -> int:
     args = parser.parse_args()
     _preload_openmp()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    import vllm  # noqa: F401 - imported before either side is timed: neither pays for it
 
     from datagen.llm import make_backend
     from datagen.llm.vllm_backend import VLLMBackend, sampling_params
