@@ -290,7 +290,8 @@ def test_a_correction_equal_to_its_failing_output_never_becomes_a_pair(tmp_path)
 def test_cpu_default_run_on_code_failures(tmp_path):
     out = tmp_path / "out"
     result = datagen_cli("counterexamples", CODE_FAILURES, "--budget", "6", "--k", "3", "--out", out, "--no-progress",
-                         "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256")
+                         "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256",
+                         "--set", "backend.sampling.n=2")
     assert result.returncode == 0, result.stderr[-3000:]
     stages = pl.read_parquet(out / "run" / "stages" / "03_counterexample" / "*.parquet")
     assert set(stages["kind"]) == {"code"} and set(stages["template_id"]) == {"counterexamples_code", "corrections_code"}
