@@ -168,10 +168,10 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _counterexample_input(self) -> "Recipe":
-        for stage in self.stages:
-            if hasattr(stage, "bind_input"):  # counterexample: checks against the failures, reports the clusters
-                stage.bind_input(self.input, self.budget, self.seed)
         if self.input is None:
+            for i, stage in enumerate(self.stages):
+                if stage.stage == "counterexample":  # it checks against the failures and reports their clusters
+                    raise ValueError(f"stages[{i}]: the {stage.label!r} stage needs the recipe's input section (the failures it checks against)")
             if self.budget is not None:
                 raise ValueError("budget: only used with an input section (the failures to target)")
             if self.output.format == "counterexamples":

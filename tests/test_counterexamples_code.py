@@ -29,6 +29,8 @@ from datagen.counterexamples.plan import make_plan, tag_agreement
 from datagen.counterexamples.signals import changed_tokens, code_of, is_code_failure
 from datagen.run.executor import expand_prompts, run_pipeline
 from datagen.recipe import load_recipe
+from datagen.rows import BackendConfig
+from datagen.steps import StepContext
 from datagen.steps.counterexample import CounterexampleConfig, parse_code_counterexample
 from datagen.steps.verify import PythonTestsVerifier
 
@@ -196,13 +198,25 @@ def test_parse_code_counterexample():
 
 def test_code_counterexamples_are_kept_only_when_their_tests_pass(tmp_path):
     config = CounterexampleConfig()
-    config.bind_input(InputConfig(failures=str(CODE_FAILURES)), 10, 0)
-    stage = config.build()
+    stage = config.build_step(StepContext(BackendConfig(), 0, "test", InputConfig(failures=str(CODE_FAILURES)), 10, 0))
     batch = pl.DataFrame({"candidate_id": ["a", "b", "c"], "completion": [GOOD, WRONG, GOOD], "kind": ["code"] * 3})
     out = stage(batch)
     assert out["counterexample_tests_passed"].to_list() == [True, False, True]
     assert out["counterexample_reason"].to_list() == [None, "tests_failed", "exact_duplicate"]
     assert "got 4" in out["counterexample_detail"][1]
+
+
+def test_a_correction_row_passes_the_counterexample_step_untouched():
+    """A correction asks a failure again: it is not a new problem, so its verdict is null (kept)
+    even though its completion would be bad_format as a problem."""
+    stage = CounterexampleConfig().build_step(StepContext(BackendConfig(), 0, "test", InputConfig(failures=str(CODE_FAILURES)), 10, 0))
+    batch = pl.DataFrame({"candidate_id": ["a", "b"], "completion": [GOOD, "def f(): pass"], "kind": ["code"] * 2,
+                          "role": ["counterexample", "correction"]})
+    out = stage(batch)
+    assert out["counterexample_keep"].to_list() == [True, None]
+    assert out["counterexample_tests_passed"].to_list() == [True, None]
+    bad = stage(batch.with_columns(role=pl.lit("counterexample")))
+    assert bad["counterexample_reason"].to_list() == [None, "bad_format"]
 
 
 # ---- a whole run on code failures, scripted model ---------------------------------------------

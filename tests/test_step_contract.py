@@ -39,14 +39,7 @@ def test_every_kind_declares_a_scope_the_pairwise_judge_the_group():
     assert JudgeConfig(rubric="helpfulness", mode="pairwise").scope == "group"
 
 
-# counterexample.bind_input still writes the input section's templates into the stage (issue 13,
-# the counterexample step's own change): strict, so this flags the fix.
-BINDS_INPUT = pytest.mark.xfail(hasattr(STEP_KINDS["counterexample"], "bind_input"), strict=True,
-                                 reason="counterexample.bind_input edits the stage's config")
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=BINDS_INPUT) if p.stem == "counterexamples" else p for p in SHIPPED],
-                         ids=[p.stem for p in SHIPPED])
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_a_recipe_leaves_each_step_config_as_written(path):
     """Each stage validated on its own equals the stage as the whole recipe's validation left it:
     no recipe validator writes into a step's config (fields or private state)."""

@@ -26,12 +26,17 @@ TEXT = "completion"
 @dataclass(frozen=True)
 class StepContext:
     """What a step is built with besides its own config: the recipe's generator backend (an LLM
-    step's default model), the sampling seed requests derive theirs from, and the recipe file
-    (errors name it)."""
+    step's default model), the sampling seed requests derive theirs from, the recipe file (errors
+    name it), and the recipe's counterexample input section, budget and seed (None, None, 0 in a
+    recipe without an input section; the counterexample step checks against the failures and
+    reports the plan they make)."""
 
     generator: BackendConfig
     sampling_seed: int
     source: str
+    input: Any = None  # datagen.counterexamples.config.InputConfig | None
+    budget: int | None = None
+    seed: int = 0
 
 
 class StageConfigBase(StrictModel):

@@ -18,6 +18,9 @@ a problem kept before it (`exact_duplicate`, `near_duplicate`). Sameness is word
 with MinHash LSH, as in the dedup stage; `<label>_match` names the failure, training example or
 candidate a dropped problem matches.
 
+Rows whose `role` is correction (a failure asked again) get null verdict columns: they pass untouched.
+The stage is built with the recipe's input section, budget and seed from the run's StepContext.
+
 Whether the new problem's own solution is right cannot be checked against the failures' answers;
 a judge stage after this one can score it. The summary is the cluster report: each cluster's size,
 severity, budget, and the counterexamples and corrections alive after this stage.
@@ -26,14 +29,14 @@ severity, budget, and the counterexamples and corrections alive after this stage
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import polars as pl
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
 from datagen.text.answers import final_answer
 from datagen.counterexamples.config import InputConfig
-from datagen.steps.base import FittedVerdicts, RunStep, StageConfigBase
+from datagen.steps.base import FittedVerdicts, RunStep, StageConfigBase, StepContext
 from datagen.steps.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
 
 BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
@@ -51,25 +54,18 @@ class CounterexampleConfig(StageConfigBase):
     num_perm: int = Field(128, ge=16, le=1024)
     min_problem_words: int = Field(8, ge=1, description="a shorter problem is bad_format")
     require_box: bool = Field(True, description="the final answer must be in \\boxed{} (as the template asks)")
-    _input: InputConfig | None = PrivateAttr(None)
-    _budget: int = PrivateAttr(0)
-    _seed: int = PrivateAttr(0)
-
-    def bind_input(self, input: InputConfig | None, budget: int | None, seed: int) -> None:
-        """Called by the recipe: the failures and training set to check against, and the plan to report."""
-        if input is None:
-            raise ValueError(f"stages: the {self.label!r} stage needs the recipe's input section (the failures it checks against)")
-        self._input, self._budget, self._seed = input, budget or 0, seed
-        if self.templates is None:
-            self.templates = [t for t in (input.counterexample_template, input.code_counterexample_template) if t]
-
-    def input_files(self):
-        return self._input.files() if self._input is not None else []
+    # Built with the recipe's input section, budget and seed (the run's StepContext), never bound
+    # into the config: the failures and training set it checks against, the plan it reports.
+    needs_context: ClassVar[bool] = True
 
     def build(self) -> "CounterexampleStage":
-        if self._input is None:
-            raise ValueError(f"the {self.label!r} stage was not given the recipe's input section")
-        return CounterexampleStage(self)
+        raise ValueError(f"the {self.label!r} stage is built with the recipe's input section (build_step with its StepContext)")
+
+    def build_step(self, context: StepContext) -> "CounterexampleStage":
+        """The step for a run: `context.input` is the recipe's input section (ValueError without one)."""
+        if context.input is None:
+            raise ValueError(f"stages: the {self.label!r} stage needs the recipe's input section (the failures it checks against)")
+        return CounterexampleStage(self, context.input, context.budget or 0, context.seed)
 
 
 def parse_counterexample(text: str | None, require_box: bool = True, min_words: int = 1) -> dict[str, Any]:
@@ -122,9 +118,10 @@ def parse_code_counterexample(text: str | None, min_words: int = 1) -> dict[str,
 
 
 class CounterexampleStage(RunStep):
-    def __init__(self, config: CounterexampleConfig):
+    def __init__(self, config: CounterexampleConfig, input: InputConfig, budget: int, seed: int):
         self.config = config
         self.label = config.label
+        self.input, self.budget, self.seed = input, budget, seed
         self._reference: tuple[Deduplicator, list[str], int] | None = None
         self._verdicts: FittedVerdicts | None = None
 
@@ -134,7 +131,7 @@ class CounterexampleStage(RunStep):
             from datagen.sources.failures import read_train
             from datagen.counterexamples.plan import load_failures
 
-            source = self.config._input
+            source = self.input
             failures = load_failures(source)
             texts, ids = [failures["prompt"]], failures["failure_id"].to_list()
             if source.train is not None:
@@ -161,6 +158,18 @@ class CounterexampleStage(RunStep):
             return dict(zip(todo, verdicts))
 
     def _decide(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Verdict columns for every row of `frame`; a row whose `role` is not counterexample (a
+        correction: a failure asked again, not a new problem) gets nulls, i.e. passes untouched."""
+        from datagen.counterexamples.expand import COUNTEREXAMPLE
+
+        if "role" not in frame.columns:
+            return self._decide_problems(frame)
+        problems = frame.filter(pl.col("role") == COUNTEREXAMPLE)
+        if problems.height == frame.height:
+            return self._decide_problems(frame)
+        return frame.select("candidate_id").join(self._decide_problems(problems), on="candidate_id", how="left", maintain_order="left")
+
+    def _decide_problems(self, frame: pl.DataFrame) -> pl.DataFrame:
         c, label = self.config, self.label
         completions = frame["completion"].to_list()
         kinds = frame["kind"].to_list() if "kind" in frame.columns else [None] * frame.height
@@ -209,7 +218,7 @@ class CounterexampleStage(RunStep):
 
     def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
         # Duplicates are global: every verdict is decided once over all alive rows, in run order.
-        frames = [frame.select("candidate_id", "completion", *(["kind"] if "kind" in frame.columns else [])) for frame in shards()]
+        frames = [frame.select("candidate_id", "completion", *(c for c in ("kind", "role") if c in frame.columns)) for frame in shards()]
         self._verdicts = FittedVerdicts(self._decide(pl.concat(frames))) if frames else None
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
@@ -221,7 +230,7 @@ class CounterexampleStage(RunStep):
         """The cluster report: the plan's figures per cluster plus what is alive after this stage."""
         from datagen.counterexamples.plan import plan_for
 
-        report = plan_for(self.config._input, self.config._budget, self.config._seed).report()
+        report = plan_for(self.input, self.budget, self.seed).report()
         from datagen.counterexamples.funnel import add_cluster_funnel
 
         return add_cluster_funnel(report, outputs)
