@@ -219,6 +219,33 @@ def test_a_correction_row_passes_the_counterexample_step_untouched():
     assert bad["counterexample_reason"].to_list() == [None, "bad_format"]
 
 
+TASK = "Write `count_between(a, b)` that returns how many integers lie from a to b, both included."
+TESTS = "```python\nassert count_between(3, 7) == 5\nassert count_between(2, 2) == 1\n```"
+
+
+def test_a_solution_written_from_the_task_alone_is_checked_by_the_tasks_tests():
+    """Task and tests in columns (a parse step's), the completion a solution that never saw the
+    tests: 3..7 holds 5 integers, so `b - a` fails and `b - a + 1` passes."""
+    config = CounterexampleConfig(problem_column="problem", tests_column="tests")
+    stage = config.build_step(StepContext(BackendConfig(), 0, "test", InputConfig(failures=str(CODE_FAILURES)), 10, 0))
+    right = "Here it is:\n```python\ndef count_between(a, b):\n    return b - a + 1\n```"
+    batch = pl.DataFrame({
+        "candidate_id": ["a", "b", "c", "d"],
+        "completion": [right, right.replace("b - a + 1", "b - a"), right, GOOD.replace("count_between", "span_of")],
+        "kind": ["code"] * 4,
+        "problem": [TASK, TASK.replace("count_between", "count_from"), TASK.replace("integers", "whole numbers"), None],
+        "tests": [TESTS, TESTS.replace("count_between", "count_from"), "", None],
+    })
+    out = stage(batch)
+    assert out["counterexample_reason"].to_list() == [None, "tests_failed", "no_tests", None], "d: no task column value, the one-step format"
+    assert out["counterexample_problem"][0] == TASK and out["counterexample_tests"][0] == "assert count_between(3, 7) == 5\nassert count_between(2, 2) == 1"
+    assert out["counterexample_solution"][0] == "```python\ndef count_between(a, b):\n    return b - a + 1\n```"
+    assert out["counterexample_tests_passed"].to_list() == [True, False, None, True]
+    assert config.reads() >= {"problem", "tests"}
+    with pytest.raises(ValueError, match="give both"):
+        CounterexampleConfig(problem_column="problem")
+
+
 # ---- a whole run on code failures, scripted model ---------------------------------------------
 
 

@@ -32,11 +32,11 @@ import re
 from typing import Any, Callable, ClassVar, Iterator, Literal
 
 import polars as pl
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from datagen.text.answers import final_answer
 from datagen.counterexamples.config import InputConfig
-from datagen.steps.base import FittedVerdicts, RunStep, StageConfigBase, StepContext
+from datagen.steps.base import COLUMN, FittedVerdicts, RunStep, StageConfigBase, StepContext
 from datagen.steps.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
 
 BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
@@ -54,6 +54,19 @@ class CounterexampleConfig(StageConfigBase):
     num_perm: int = Field(128, ge=16, le=1024)
     min_problem_words: int = Field(8, ge=1, description="a shorter problem is bad_format")
     require_box: bool = Field(True, description="the final answer must be in \\boxed{} (as the template asks)")
+    problem_column: str | None = Field(
+        None, pattern=COLUMN, description="code rows: the new task as an earlier step wrote it (a parse step); the text is then the solution alone"
+    )
+    tests_column: str | None = Field(None, pattern=COLUMN, description="code rows: the unit tests as an earlier step wrote them (with problem_column)")
+
+    @model_validator(mode="after")
+    def _columns_together(self) -> "CounterexampleConfig":
+        if (self.problem_column is None) != (self.tests_column is None):
+            raise ValueError("problem_column and tests_column: give both (the task and its tests, written before the solution) or neither")
+        return self
+
+    def reads(self) -> set[str]:
+        return super().reads() | {c for c in (self.problem_column, self.tests_column) if c}
     # Built with the recipe's input section, budget and seed (the run's StepContext), never bound
     # into the config: the failures and training set it checks against, the plan it reports.
     needs_context: ClassVar[bool] = True
@@ -117,6 +130,29 @@ def parse_code_counterexample(text: str | None, min_words: int = 1) -> dict[str,
     return parsed
 
 
+def code_from_columns(problem: str | None, tests: str | None, solution: str | None, min_words: int = 1) -> dict[str, Any]:
+    """A code counterexample written in two steps: the task and its tests (parsed from one
+    completion), then a solution written from the task alone, so passing the tests checks it.
+    Same keys and reasons as parse_code_counterexample; a block's code is its first fenced block,
+    else its text."""
+    from datagen.steps.verify import fenced_blocks
+
+    parsed: dict[str, Any] = {"problem": None, "solution": None, "tests": None, "reason": BAD_FORMAT}
+    problem, tests, solution = (problem or "").strip(), (tests or "").strip(), (solution or "").strip()
+    if not problem or not solution or len(problem.split()) < min_words:
+        return parsed
+    if any(p in f"{problem}\n{tests}\n{solution}".lower() for p in CODE_PLACEHOLDERS):
+        return parsed
+
+    def code(text: str) -> str:
+        blocks = [body.strip() for _, body in fenced_blocks(text) if body.strip()]
+        return blocks[0] if blocks else text
+
+    test_code = code(tests) if tests else ""
+    parsed.update(problem=problem, solution=f"```python\n{code(solution)}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
+    return parsed
+
+
 class CounterexampleStage(RunStep):
     def __init__(self, config: CounterexampleConfig, input: InputConfig, budget: int, seed: int):
         self.config = config
@@ -174,9 +210,13 @@ class CounterexampleStage(RunStep):
         completions = frame["completion"].to_list()
         kinds = frame["kind"].to_list() if "kind" in frame.columns else [None] * frame.height
         code_rows = [i for i, k in enumerate(kinds) if k == "code"]
+        n = frame.height
+        problems = frame[c.problem_column].to_list() if c.problem_column and c.problem_column in frame.columns else [None] * n
+        tests = frame[c.tests_column].to_list() if c.tests_column and c.tests_column in frame.columns else [None] * n
         parsed = [
-            parse_code_counterexample(text, c.min_problem_words) if kind == "code" else parse_counterexample(text, c.require_box, c.min_problem_words)
-            for text, kind in zip(completions, kinds)
+            (code_from_columns(problem, test, text, c.min_problem_words) if problem is not None else parse_code_counterexample(text, c.min_problem_words))
+            if kind == "code" else parse_counterexample(text, c.require_box, c.min_problem_words)
+            for text, kind, problem, test in zip(completions, kinds, problems, tests)
         ]
         passed: list[bool | None] = [None] * len(parsed)
         details: list[str | None] = [None] * len(parsed)
@@ -218,7 +258,8 @@ class CounterexampleStage(RunStep):
 
     def fit(self, shards: Callable[[], Iterator[pl.DataFrame]]) -> None:
         # Duplicates are global: every verdict is decided once over all alive rows, in run order.
-        frames = [frame.select("candidate_id", "completion", *(c for c in ("kind", "role") if c in frame.columns)) for frame in shards()]
+        extra = dict.fromkeys(["kind", "role", *(c for c in (self.config.problem_column, self.config.tests_column) if c)])
+        frames = [frame.select("candidate_id", "completion", *(c for c in extra if c in frame.columns)) for frame in shards()]
         self._verdicts = FittedVerdicts(self._decide(pl.concat(frames))) if frames else None
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
