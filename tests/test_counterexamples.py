@@ -490,7 +490,7 @@ def test_cpu_default_run_loads_with_datasets_and_its_pairs_train_with_dpo(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "run" / "manifest.json").read_text())
     assert manifest["prompts"] == 8 and "SmolLM2-135M" in manifest["model"]
-    candidates = pl.read_parquet(out / "run" / "stages" / "03_counterexample" / "*.parquet")
+    candidates = pl.read_parquet(out / "run" / "stages" / "05_counterexample" / "*.parquet")
     assert candidates.height == 32 and set(candidates["role"]) == {"counterexample", "correction"}
     for row in candidates.filter(pl.col("verify_keep").is_not_null()).iter_rows(named=True):
         answer = extract_answer(row["completion"])  # the verifier's verdict is the math, nothing else

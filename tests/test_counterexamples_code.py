@@ -249,9 +249,15 @@ def test_a_solution_written_from_the_task_alone_is_checked_by_the_tasks_tests():
 # ---- a whole run on code failures, scripted model ---------------------------------------------
 
 
+THEMES = ["seats in one theatre row", "pages of a book chapter", "floors an elevator passes", "days of a hotel booking",
+          "houses along a street", "years of a membership", "rungs of a ladder", "lockers in a school hallway"]
+# What the solve step (which sees the task alone, never its tests) answers: right, or off by one.
+SOLUTIONS = ["```python\ndef count_between(a, b):\n    return b - a + 1\n```", "```python\ndef count_between(a, b):\n    return b - a\n```"]
+
+
 class CodeOracle(ScriptedBackend):
     """A failure asked again gets its expected code (sample 0) and its failing output (sample 1);
-    a counterexample prompt gets a valid new task, then one whose solution fails its tests."""
+    a counterexample prompt gets a new task with its unit tests (Task / Unit tests), a theme each."""
 
     def __init__(self):
         super().__init__([])
@@ -267,8 +273,9 @@ class CodeOracle(ScriptedBackend):
                 if case is not None:
                     texts.append(f"```python\n{case['expected']}\n```" if i == 0 else case["output"])
                 else:
-                    name = f"count_between_{self.turn}"
-                    texts.append((GOOD if self.turn % 2 == 0 else WRONG).replace("count_between", name).replace("a to b", f"a to b ({self.turn})"))
+                    theme = THEMES[self.turn % len(THEMES)]
+                    texts.append(f"Task: Counting {theme} numbered from a to b ({self.turn}): write `count_between(a, b)` that returns "
+                                 f"how many {theme} there are, both ends included.\nUnit tests:\n{TESTS}")
                     self.turn += 1
             out.append(Generation([Completion(t, "stop", len(t.split())) for t in texts], 50))
         return out
@@ -278,7 +285,8 @@ class CodeOracle(ScriptedBackend):
 def code_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("code")
     loaded = load_recipe(RECIPE, [f"input.failures={CODE_FAILURES}", "budget=12", "input.k=3", "input.correction_share=0.5",
-                                  "backend.kind=scripted", "backend.sampling.n=2"])
+                                  "backend.kind=scripted", "backend.sampling.n=2",
+                                  "stages.3.backend=" + json.dumps({"kind": "scripted", "responses": SOLUTIONS})])
     out = root / "out"
     result = run_pipeline(loaded, out, progress=False, backend_factory=CodeOracle)
     return out, result
@@ -290,7 +298,7 @@ def test_code_run_keeps_tested_rows_and_writes_fix_failure_pairs(code_run, tmp_p
     assert ds.num_rows > 0 and all(row["tests_passed"] is True and row["kind"] == "code" for row in ds)
     roles = Counter(ds["role"])
     assert roles["correction"] == 6 and roles["counterexample"] > 0
-    stages = pl.read_parquet(out / "run" / "stages" / "03_counterexample" / "*.parquet")
+    stages = pl.read_parquet(out / "run" / "stages" / "05_counterexample" / "*.parquet")
     cx = stages.filter(pl.col("role") == "counterexample")
     assert set(cx["counterexample_tests_passed"].drop_nulls()) == {True, False}
     assert set(cx.filter(~pl.col("counterexample_tests_passed"))["counterexample_reason"]) == {"tests_failed"}
@@ -334,7 +342,7 @@ def test_cpu_default_run_on_code_failures(tmp_path):
                          "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256",
                          "--set", "backend.sampling.n=2")
     assert result.returncode == 0, result.stderr[-3000:]
-    stages = pl.read_parquet(out / "run" / "stages" / "03_counterexample" / "*.parquet")
+    stages = pl.read_parquet(out / "run" / "stages" / "05_counterexample" / "*.parquet")
     assert set(stages["kind"]) == {"code"} and set(stages["template_id"]) == {"counterexamples_code", "corrections_code"}
     checked = stages.filter(pl.col("verify_verifier").is_not_null())
     assert set(checked["role"]) == {"correction"} and set(checked["verify_verifier"]) == {"python_tests"}, "code corrections: tests"
