@@ -1,7 +1,10 @@
 """Counterexamples: a generated practice problem, parsed, checked, and kept only when it is new.
 
-Code clusters (rows whose `kind` is code) ask for "Problem: ... Solution: ```python``` Tests:
-```python```" instead: the solution's code block and the tests' are parsed, and the solution must
+Code clusters (rows whose `kind` is code) are written in two steps in the shipped recipe: the task
+and its unit tests (parsed into the columns `problem_column` and `tests_column` name), then a
+solution written from the task alone (the text this stage reads), so passing the tests checks it.
+Without those columns (or where a row's task is null) the text is one "Problem: ... Solution:
+```python``` Tests: ```python```" reply, parsed here. Either way the solution must
 pass its own tests, run like the python_tests verifier runs a candidate (datagen.steps.sandbox: the
 tests evaluated by datagen, the solution's calls in the bubblewrap sandbox). `<label>_tests` holds
 the tests, `<label>_tests_passed` whether they passed (null for other kinds), `<label>_detail`
