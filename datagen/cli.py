@@ -287,7 +287,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     target = Target.of(loaded)
     stages = " -> ".join(["generate"] + [s.label for s in recipe.stages])
-    print(f"ok: {args.recipe}: {len(loaded.templates)} template(s), {prompts.height} prompts x n={recipe.backend.sampling.n}; {stages}")
+    print(f"ok: {args.recipe}: {len(recipe.templates)} template(s), {prompts.height} prompts x n={recipe.backend.sampling.n}; {stages}")
     if getattr(args, "estimate", False):
         from datagen.run.tokens import estimate_lines
 

@@ -22,7 +22,7 @@ from datagen.llm.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.rows import BackendConfig, StrictModel
 from datagen.steps import StageConfig
-from datagen.sources.shipped import recipe_file
+from datagen.sources.shipped import RESOURCES, recipe_file
 from datagen.sources.data import DataConfig, Source, open_sources
 from datagen.sources.prompts import check_prompt_source
 from datagen.sources.slots import SamplingSlots
@@ -397,6 +397,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     Raises DatagenError (naming the file and field) for anything wrong in it."""
     path = recipe_file(path)
     data = read_yaml(path, "recipe file")
+    in_file = set(data.get("data") or {}) if isinstance(data, dict) and isinstance(data.get("data"), dict) else set()
     origins: dict[str, str] = {}
     for text in overrides or []:
         keys, value = parse_override(text)
@@ -419,6 +420,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     sources = open_sources(recipe.data, path)
     templates: dict[str, Template] = {}
     dirs = [(path.parent / d).resolve() for d in recipe.template_dirs]
+    shipped = (RESOURCES / "templates").resolve()
+    if shipped not in dirs:  # the shipped templates last: a recipe's own folders come first
+        dirs.append(shipped)
     names: set[str] = set()
     for i, use in enumerate(recipe.templates):
         if use.name in names:
@@ -440,7 +444,26 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     check_columns(recipe, templates, path)
     if recipe.output.mix is not None and recipe.output.mix.real is not None:
         check_real_source(recipe.output.mix.real, sources[recipe.output.mix.real.source], path)
+    _check_sources_used(recipe, templates, path, origins, in_file)
     return LoadedRecipe(recipe=recipe, path=path, templates=templates, sources=sources)
+
+
+def _check_sources_used(recipe: Recipe, templates: dict[str, Template], path: Path, origins: dict[str, str], in_file: set[str]) -> None:
+    """A data source added by `--set` that no template slot, prompt source (`from:`) or mix reads is
+    a mistake (most often a misspelt name in `--set data.NAME.path=`, which would otherwise leave the
+    recipe reading its own file): a DatagenError blaming that `--set`, with the closest used name.
+    Sources the recipe file itself declares may stay unused (e.g. kept for a later template)."""
+    used = {use.source for use in recipe.templates if use.source is not None}
+    used |= {slot.source for template in templates.values() for slot in template.sources.values()}
+    if recipe.output.mix is not None and recipe.output.mix.real is not None:
+        used.add(recipe.output.mix.real.source)
+    for name in recipe.data:
+        if name in used or name in in_file:
+            continue
+        close = difflib.get_close_matches(name, sorted(used), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f" (used: {', '.join(sorted(used)) or 'none'})"
+        origin = next((o for key, o in origins.items() if key == f"data.{name}" or key.startswith(f"data.{name}.")), None)
+        raise DatagenError(f"data source {name!r} is read by no template, prompt source or mix{hint}", origin or path, f"data.{name}")
 
 
 def check_columns(recipe: Recipe, templates: dict[str, Template], path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TEMPLATES, TINY_TEMPLATE, write_yaml
+from helpers import PIPELINES
 from datagen.errors import DatagenError
 from datagen.sources.templates import _all_combinations, expand, load_template, select_combinations
 
@@ -115,8 +116,17 @@ def test_shipped_templates_render_every_combination(path):
         assert len(template.spec.slots["persona"]) >= 6
         assert len(template.spec.slots["difficulty"]) >= 3
     every = len(_all_combinations(template))
-    rows = expand(template, every, seed=0)
+    sources = {}
+    if template.sources:  # slots drawn from data: rendered with the sources of the shipped recipe that uses it
+        from datagen.recipe import load_recipe
+
+        users = [p for p in sorted(PIPELINES.glob("*.yaml")) if f"name: {path.stem}" in p.read_text(encoding="utf-8")]
+        assert users, f"no shipped recipe uses {path.stem}, which draws slots from data sources"
+        sources = load_recipe(users[0]).sources
+    rows = expand(template, every, seed=0, sources=sources)
     assert len(rows) == every and all(r["messages"][-1]["content"] for r in rows)
+    if template.sources:
+        assert all(r["source_ids"] for r in rows)
 
 
 def test_math_references_are_numbers_and_python_tests_pass():

@@ -27,7 +27,7 @@ LOCK = ".lock"
 # What datagen writes in OUT: patterns relative to OUT (run/stages/*/ holds shards, .tmp files are
 # interrupted writes). Everything else in OUT is the user's and is never removed.
 OWN_FILES = (
-    r"run/(manifest\.json|prompts\.parquet|report\.html)",  # not run/.lock: removing it would void the lock held
+    r"run/(manifest\.json|prompts\.parquet|report\.html|engine\.log)",  # not run/.lock: removing it would void the lock held
     r"run/stages/\d\d_[^/]+/shard-\d{5}\.parquet",
     r"run/cache/[a-z][a-z0-9_]*/verdicts-[0-9a-f]{20}\.json",  # a judge's verdicts (datagen.steps.judge)
     r"(pairs/)?(data|\.data\.tmp)/train-\d{5}-of-\d{5}\.parquet",
