@@ -127,6 +127,7 @@ def subset(embedded, counts: dict[str, int]):
     return [rows[i] for i in keep], joint[keep]
 
 
+@pytest.mark.slow  # > 4 s on 2 cores (sandbox runs / k-means / a killed child process)
 def test_silhouette_recovers_the_planted_types(embedded):
     rows, vectors = subset(embedded, PLANTED)
     tags = [r["tag"] for r in rows]

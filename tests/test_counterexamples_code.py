@@ -54,6 +54,7 @@ def purity(clusters: list[dict]) -> float:
     return majority / sum(len(c["member_ids"]) for c in clusters)
 
 
+@pytest.mark.slow  # > 4 s on 2 cores (sandbox runs / k-means / a killed child process)
 def test_the_fixture_is_what_it_says():
     failures = rows()
     assert Counter(KINDS.values()) == {"api": 18, "off_by_one": 14, "error_handling": 8}
@@ -77,6 +78,7 @@ def test_code_is_detected_and_the_difference_is_what_changed():
 # ---- the plan: clusters by failure mode, robust k, budget split ------------------------------
 
 
+@pytest.mark.slow  # > 4 s on 2 cores (sandbox runs / k-means / a killed child process)
 def test_plan_json_finds_the_three_failure_modes(monkeypatch, capsys, tmp_path):
     """The CLI's --plan --json for one seed; the other seeds' plans (same code below the CLI, one
     shared embedding) are in test_counterexamples_modes.py."""
@@ -292,6 +294,7 @@ def code_run(tmp_path_factory):
     return out, result
 
 
+@pytest.mark.slow  # > 4 s on 2 cores (sandbox runs / k-means / a killed child process)
 def test_code_run_keeps_tested_rows_and_writes_fix_failure_pairs(code_run, tmp_path):
     out, result = code_run
     ds = datasets.load_dataset(str(out), split="train")

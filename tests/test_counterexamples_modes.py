@@ -33,6 +33,7 @@ def load(name: str) -> tuple[Path, list[dict], dict[str, str]]:
     return path, [json.loads(line) for line in path.read_text().splitlines()], json.loads((DATA / kinds).read_text())
 
 
+@pytest.mark.slow  # > 4 s on 2 cores (sandbox runs / k-means / a killed child process)
 def test_the_second_set_is_what_it_says():
     _, rows, kinds = load("b")
     assert Counter(kinds.values()) == {"api": 15, "off_by_one": 9, "error_handling": 6} and set(kinds) == {r["id"] for r in rows}

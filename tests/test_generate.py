@@ -3,6 +3,7 @@ from __future__ import annotations
 import io
 
 import datasets
+import pytest
 import polars as pl
 
 from datagen.llm import Generation
@@ -110,6 +111,7 @@ def streamed_run(project, tmp_path, out, kill_at: int):
     return done, [int(line) for line in sent.read_text().split()] if sent.exists() else []
 
 
+@pytest.mark.slow  # > 4 s on 2 cores (sandbox runs / k-means / a killed child process)
 def test_shards_finished_out_of_order_are_each_checkpointed_and_a_killed_run_resumes_to_the_same_rows(project, tmp_path):
     import json
     import signal
