@@ -232,6 +232,19 @@ class LoadedRecipe:
     path: Path
     templates: dict[str, Template]
     sources: dict[str, Source] = field(default_factory=dict)  # the opened data sources, by name
+    _plan: Any = field(default=None, repr=False, compare=False)
+
+    def counterexample_plan(self) -> Any:
+        """The clustering plan (datagen.counterexamples.plan.Plan) of a recipe with an `input`
+        section, made once per loaded recipe: prompt expansion and the counterexample step's report
+        share it. None for a recipe without one."""
+        if self.recipe.input is None:
+            return None
+        if self._plan is None:
+            from datagen.counterexamples.plan import make_plan
+
+            self._plan = make_plan(self.recipe.input, self.recipe.budget, self.recipe.seed)
+        return self._plan
 
     def fingerprint(self) -> str:
         """Identifies what generation produces: templates (their text too), seed, backend, sharding.

@@ -329,8 +329,24 @@ def scripted_run(tmp_path_factory):
     failures = planted(root / "pipelines" / "failures.jsonl", PLANTED, EVEN)
     loaded = load_recipe(recipe)
     out = root / "out"
-    result = run_pipeline(loaded, out, progress=False, backend_factory=lambda: EvalOracle(shipped_failures()))
+    import datagen.counterexamples.plan as plan_module
+
+    made = []
+    with pytest.MonkeyPatch.context() as patch:
+        make_plan = plan_module.make_plan
+        patch.setattr(plan_module, "make_plan", lambda *args, **kwargs: made.append(args) or make_plan(*args, **kwargs))
+        result = run_pipeline(loaded, out, progress=False, backend_factory=lambda: EvalOracle(shipped_failures()))
+    result.plans_made = len(made)
     return loaded, out, result, [json.loads(line) for line in failures.read_text().splitlines()]
+
+
+def test_one_run_clusters_the_failures_once(scripted_run):
+    """Prompt expansion and the counterexample step's report share the run's plan (held by the loaded
+    recipe, no module-level cache): one clustering per run, and a fresh load makes its own."""
+    loaded, _, result, _ = scripted_run
+    assert result.plans_made == 1
+    assert loaded.counterexample_plan() is loaded.counterexample_plan()
+    assert load_recipe(loaded.path)._plan is None
 
 
 def test_recipe_prompts_follow_the_plan(scripted_run):

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from datagen.counterexamples.plan import ClusterPlan, Plan, plan_for
+from datagen.counterexamples.plan import ClusterPlan, Plan
 from datagen.errors import DatagenError
 from datagen.llm.generate import prompts_frame
 from datagen.rows import SlotValue
@@ -147,7 +147,7 @@ def expand_plan(plan: Plan, templates: dict[str, Template], seed: int) -> list[d
 def counterexample_prompts(loaded: "LoadedRecipe") -> pl.DataFrame:
     """The prompts of a recipe with an `input` section (what expand_prompts gives for it)."""
     recipe = loaded.recipe
-    plan = plan_for(recipe.input, recipe.budget, recipe.seed)
+    plan = loaded.counterexample_plan()
     # Rendering under the same time and memory limits as any template's expansion.
     rows = bounded_rendering(lambda: expand_plan(plan, loaded.templates, recipe.seed), loaded.path, recipe.budget or 0)
     return prompts_frame(rows, PROVENANCE_SCHEMA)

@@ -4,11 +4,9 @@ training examples nearest to it."""
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +20,6 @@ from datagen.counterexamples.signals import code_of, component_texts, component_
 from datagen.text.embeddings import encode, load_encoder
 from datagen.errors import DatagenError
 
-PLAN_CACHE_SIZE = 4
 EXCERPT_CHARS = 300
 K_RULE = "smallest k whose silhouette (mean over k_seeds k-means seeds) is within k_tolerance of the best"
 
@@ -297,25 +294,4 @@ def make_plan(config: InputConfig, budget: int, seed: int, diagnose_backend=None
     return Plan(config, budget, failures, train, clustering, plans, weights)
 
 
-def _digest(path: Path) -> str:
-    if not path.is_file():
-        return "missing"
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-_plans: dict[tuple, Plan] = {}
-
-
-def plan_for(config: InputConfig, budget: int, seed: int) -> Plan:
-    """make_plan, remembered for the same config, budget, seed and file contents: the expansion
-    and the counterexample stage's report of one run share one clustering."""
-    key = (config.model_dump_json(), budget, seed, tuple(_digest(p) for p in config.files()))
-    if key not in _plans:
-        plan = make_plan(config, budget, seed)
-        while len(_plans) >= PLAN_CACHE_SIZE:
-            _plans.pop(next(iter(_plans)))
-        _plans[key] = plan
-    return _plans[key]
-
-
-__all__ = ["ClusterPlan", "Embedded", "Plan", "embed_plan_failures", "load_failures", "make_plan", "plan_for", "tag_agreement"]
+__all__ = ["ClusterPlan", "Embedded", "Plan", "embed_plan_failures", "load_failures", "make_plan", "tag_agreement"]

@@ -71,7 +71,7 @@ def build_steps(loaded: LoadedRecipe) -> list[Step]:
     """Every step of the recipe, built with the run's context; building reads the files a step
     needs (dedup's reference, a rubric) and opens no model."""
     recipe = loaded.recipe
-    context = StepContext(recipe.backend, recipe.sampling_seed, str(loaded.path), recipe.input, recipe.budget, recipe.seed)
+    context = StepContext(recipe.backend, recipe.sampling_seed, str(loaded.path), recipe.input, recipe.budget, recipe.seed, loaded.counterexample_plan())
     return [config.build_step(context) for config in recipe.stages]
 
 

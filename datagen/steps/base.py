@@ -37,6 +37,7 @@ class StepContext:
     input: Any = None  # datagen.counterexamples.config.InputConfig | None
     budget: int | None = None
     seed: int = 0
+    plan: Any = None  # the plan of that input section (LoadedRecipe.counterexample_plan), made once per run
 
 
 class StageConfigBase(StrictModel):

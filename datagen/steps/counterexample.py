@@ -81,7 +81,7 @@ class CounterexampleConfig(StageConfigBase):
         """The step for a run: `context.input` is the recipe's input section (ValueError without one)."""
         if context.input is None:
             raise ValueError(f"stages: the {self.label!r} stage needs the recipe's input section (the failures it checks against)")
-        return CounterexampleStage(self, context.input, context.budget or 0, context.seed)
+        return CounterexampleStage(self, context.input, context.budget or 0, context.seed, context.plan)
 
 
 def parse_counterexample(text: str | None, require_box: bool = True, min_words: int = 1) -> dict[str, Any]:
@@ -157,10 +157,11 @@ def code_from_columns(problem: str | None, tests: str | None, solution: str | No
 
 
 class CounterexampleStage(RunStep):
-    def __init__(self, config: CounterexampleConfig, input: InputConfig, budget: int, seed: int):
+    def __init__(self, config: CounterexampleConfig, input: InputConfig, budget: int, seed: int, plan: Any = None):
         self.config = config
         self.label = config.label
         self.input, self.budget, self.seed = input, budget, seed
+        self._plan = plan  # the run's plan (the prompts were expanded from it); made on first use without one
         self._reference: tuple[Deduplicator, list[str], int] | None = None
         self._verdicts: FittedVerdicts | None = None
 
@@ -272,9 +273,11 @@ class CounterexampleStage(RunStep):
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
         """The cluster report: the plan's figures per cluster plus what is alive after this stage."""
-        from datagen.counterexamples.plan import plan_for
+        if self._plan is None:
+            from datagen.counterexamples.plan import make_plan
 
-        report = plan_for(self.input, self.budget, self.seed).report()
+            self._plan = make_plan(self.input, self.budget, self.seed)
+        report = self._plan.report()
         from datagen.counterexamples.funnel import add_cluster_funnel
 
         return add_cluster_funnel(report, outputs)
