@@ -295,6 +295,17 @@ def test_pair_selection_adjacent_and_capped():
     assert capped[0][0]["judge_comparisons"].equals(capped[1][0]["judge_comparisons"]), "the sampled pairs are seeded"
 
 
+def test_pairwise_compares_within_the_row_an_llm_step_expanded():
+    """In a chain (a question writer with n=2, then n answers per question) one prompt holds two
+    questions: answers are compared only with answers to the same question (group_id), never across."""
+    batch = candidates({"p1": [RIGHT, WRONG, WRONG_TOO, RIGHT + " Done."]})
+    batch = batch.with_columns(pl.Series("group_id", ["q1", "q1", "q2", "q2"]))
+    out, backend, _ = run_pairwise(batch, prefers_the_right_answer, pairs="all")
+    assert len(backend.calls[0].requests) == 4, "one pair per question, in both orders"
+    opponents = {r["candidate_id"]: {c["opponent"] for c in json.loads(r["judge_comparisons"])} for r in out.to_dicts()}
+    assert opponents == {"p1-0": {"p1-1"}, "p1-1": {"p1-0"}, "p1-2": {"p1-3"}, "p1-3": {"p1-2"}}
+
+
 # --- through the executor ------------------------------------------------------------------------
 
 

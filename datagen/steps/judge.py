@@ -37,7 +37,7 @@ from datagen.llm.generate import RESERVED_COLUMNS, request_seed
 from datagen.paths import ShippedOrFile
 from datagen.sources.rubrics import SCALE, Rubric, load_rubric
 from datagen.rows import BackendConfig
-from datagen.steps.base import Scope, StageConfigBase, Step
+from datagen.steps.base import Scope, StageConfigBase, Step, group_ids
 from datagen.run.run_dir import atomic_write_bytes, content_key
 from datagen.sources.templates import MAX_RENDERED_CHARS, _environment, _undeclared, bounded_rendering
 
@@ -206,6 +206,7 @@ CONTEXT_SYSTEM = " The message also quotes source material between <context-CODE
 # Names a context template may use besides the row's columns: every slot of the row's template.
 SLOTS_VARIABLE = "slots"
 CONTEXT = "_judge_context"  # the rendered context, per row, while a batch is judged
+GROUP = "_judge_group"  # the group a row is compared within (datagen.steps.base.group_ids)
 
 
 class JudgeStage(Step):
@@ -342,6 +343,8 @@ class JudgeStage(Step):
 
     def __call__(self, batch: pl.DataFrame) -> pl.DataFrame:
         rows = batch.select([c for c in ("candidate_id", "prompt_id", "messages", "completion", "reference") if c in batch.columns]).to_dicts()
+        for row, group in zip(rows, group_ids(batch).to_list() if rows else []):
+            row[GROUP] = group  # pairwise compares the answers of one group: one prompt, or one row an LLM step expanded
         if self.config.context is not None and rows:
             contexts = bounded_rendering(lambda: render_contexts(self.config.context, batch.to_dicts()), Path(f"stages.{self.label}.context"), len(rows))
             for row, (text, error) in zip(rows, contexts):
@@ -391,21 +394,21 @@ class JudgeStage(Step):
             "completion_tokens": ([c for _, c in used], pl.Int64),
         }
 
-    def _pairs(self, prompt_id: str, members: list[int]) -> list[tuple[int, int]]:
+    def _pairs(self, group: str, members: list[int]) -> list[tuple[int, int]]:
         if self.config.pairs == "adjacent":
             pairs = list(zip(members, members[1:]))
         else:
             pairs = list(itertools.combinations(members, 2))
         cap = self.config.max_pairs_per_prompt
         if cap is not None and len(pairs) > cap:
-            pairs = sorted(random.Random(f"{self.config.seed}:{prompt_id}").sample(pairs, cap))
+            pairs = sorted(random.Random(f"{self.config.seed}:{group}").sample(pairs, cap))
         return pairs
 
     def _pairwise(self, rows: list[dict[str, Any]]) -> dict[str, tuple[list, pl.DataType]]:
         members: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
-            members.setdefault(row["prompt_id"], []).append(i)
-        pairs = [pair for prompt_id, idx in members.items() for pair in self._pairs(prompt_id, idx)]
+            members.setdefault(row[GROUP], []).append(i)
+        pairs = [pair for group, idx in members.items() for pair in self._pairs(group, idx)]
 
         def request(a: int, b: int) -> ChatRequest:
             key = f"{rows[a]['candidate_id']}|{rows[b]['candidate_id']}"
