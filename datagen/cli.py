@@ -124,22 +124,23 @@ def _ensure_openmp_preload() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "datagen", *sys.argv[1:]], env)
 
 
-def _check_models(recipe, source: Path) -> None:
+def _check_models(loaded) -> None:
     """Every model the recipe names (the generator's, a judge's, an embedding model, ...), checked
     before any engine starts or the output directory is touched: a vllm model path exists, an
     openai key is set, a local embedding model folder exists."""
     from datagen.llm import check_backend
     from datagen.paths import is_local_model_path
 
+    recipe = loaded.recipe
     for field, backend in recipe.backends():
         try:
             check_backend(backend, field)
         except DatagenError as err:
-            err.source = err.source or str(source)
-            raise
+            err.source = err.source or str(loaded.path)
+            raise loaded.blame(err) from None
     for field, model in recipe.embedding_models():
         if is_local_model_path(model) and not Path(model).is_dir():
-            raise DatagenError(f"embedding model folder not found: {model}", source, field)
+            raise loaded.blame(DatagenError(f"embedding model folder not found: {model}", loaded.path, field))
 
 
 def _with_prices(loaded, path: Path | None):
@@ -160,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out or (Path(loaded.recipe.output.dir) if loaded.recipe.output.dir else None)
     if out is None:
         raise DatagenError("no output directory: pass --out DIR or set output.dir", args.recipe, "output.dir")
-    _check_models(loaded.recipe, args.recipe)
+    _check_models(loaded)
     if any(backend.kind == "vllm" for _, backend in loaded.recipe.backends()):  # a judge's engine too
         _ensure_openmp_preload()
     progress = "none" if args.no_progress else args.progress
@@ -237,7 +238,7 @@ def dry_run(loaded) -> int:
     from datagen.run.target import Target
 
     recipe = loaded.recipe
-    _check_models(recipe, loaded.path)
+    _check_models(loaded)
     prompts = expand_prompts(loaded)
     target = Target.of(loaded)
     available = prompts.height
@@ -279,7 +280,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     loaded = _with_prices(load_recipe(args.recipe, args.overrides), getattr(args, "prices", None))
     recipe = loaded.recipe
-    _check_models(recipe, args.recipe)  # the same checks as `run`, for every model the recipe names
+    _check_models(loaded)  # the same checks as `run`, for every model the recipe names
     prompts = expand_prompts(loaded)
     for stage in build_steps(loaded):  # building reads the files a stage needs (dedup's reference, ...); no model loads
         stage.close()

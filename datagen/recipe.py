@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,7 +233,12 @@ class LoadedRecipe:
     path: Path
     templates: dict[str, Template]
     sources: dict[str, Source] = field(default_factory=dict)  # the opened data sources, by name
+    origins: dict[str, str] = field(default_factory=dict)  # field path -> the `--set` that wrote it
     _plan: Any = field(default=None, repr=False, compare=False)
+
+    def blame(self, err: DatagenError) -> DatagenError:
+        """`err` blamed on the `--set` that wrote its field, if one did (see blame_override)."""
+        return blame_override(err, self.path, self.origins)
 
     def counterexample_plan(self) -> Any:
         """The clustering plan (datagen.counterexamples.plan.Plan) of a recipe with an `input`
@@ -430,6 +436,34 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
         error = from_validation_error(err, _error_source(err, path, origins))
         error.message += did_you_mean(err)
         raise error from None
+    except DatagenError as err:  # raised by a field validator that reads a file (a rubric): its field is the field's own name
+        if err.source is None:
+            named = [(key, origin) for key, origin in origins.items() if err.field and key.split(".")[-1] == err.field]
+            err.field, err.source = named[0] if len(named) == 1 else (err.field, str(path))
+        raise
+    try:
+        return _resolve(recipe, path, in_file, origins)
+    except DatagenError as err:
+        raise blame_override(err, path, origins) from None
+
+
+def blame_override(err: DatagenError, path: Path, origins: dict[str, str]) -> DatagenError:
+    """`err` (raised against the recipe file at `path`, or against no file) with its source set to
+    the `--set` that wrote its field or a parent of it (`origins`: resolved key -> "--set ..."), so
+    that a bad value given on the command line is blamed on that `--set`, not on the file."""
+    if err.source not in (None, str(path)) or not err.field:
+        return err
+    parts = re.sub(r"\[(\d+)\]", r".\1", err.field).split(".")
+    for key, origin in origins.items():
+        keys = key.split(".")
+        if parts[: len(keys)] == keys or keys[: len(parts)] == parts or _within(parts, keys):
+            err.source = origin
+            break
+    return err
+
+
+def _resolve(recipe: Recipe, path: Path, in_file: set[str], origins: dict[str, str]) -> LoadedRecipe:
+    """The templates and data sources a validated recipe names, opened and checked against it."""
     sources = open_sources(recipe.data, path)
     templates: dict[str, Template] = {}
     dirs = [(path.parent / d).resolve() for d in recipe.template_dirs]
@@ -458,7 +492,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedR
     if recipe.output.mix is not None and recipe.output.mix.real is not None:
         check_real_source(recipe.output.mix.real, sources[recipe.output.mix.real.source], path)
     _check_sources_used(recipe, templates, path, origins, in_file)
-    return LoadedRecipe(recipe=recipe, path=path, templates=templates, sources=sources)
+    return LoadedRecipe(recipe=recipe, path=path, templates=templates, sources=sources, origins=origins)
 
 
 def _check_sources_used(recipe: Recipe, templates: dict[str, Template], path: Path, origins: dict[str, str], in_file: set[str]) -> None:

@@ -304,7 +304,7 @@ def test_source_ids_survive_later_steps(project, tmp_path):
 
 
 BAD_FILES = {
-    "missing": (None, r"recipe.yaml: data.prompts.path: file not found: .*nothere.jsonl"),
+    "missing": (None, r"^--set data.prompts.path=.*nothere.jsonl: data.prompts.path: file not found: .*nothere.jsonl"),  # the --set that named it
     "empty": (b"", r"empty.jsonl: data.prompts: the source has no rows"),
     "null": (b'{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": null}\n', r"null.jsonl: data.prompts: row 2 \(id b\), column 'prompt' has no value"),
     "not_utf8": (b'{"id": "a", "prompt": "ok"}\n{"id": "b", "prompt": "caf\xe9"}\n', r"not_utf8.jsonl: line 2: not UTF-8 text"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from helpers import PIPELINES, datagen_in_process
@@ -60,3 +61,25 @@ def test_the_right_data_source_name_in_set_swaps_the_file(tmp_path):
     result = datagen_in_process("validate", PIPELINES / "ultrafeedback.yaml", "--set", f"data.prompts.path={prompts}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "1 template(s), 3 prompts" in result.stdout  # a `from:` entry counts as a template
+
+
+
+@pytest.mark.parametrize(
+    "recipe, override, message",
+    [
+        ("ultrafeedback", "data.prompts.path=/nonexistent/prompts.jsonl", "file not found"),
+        ("quickstart", "backend.model=/nonexistent/model", "model path does not exist"),
+        ("quickstart", "stages.judge.backend.model=/nonexistent/judge", "model path does not exist"),
+        ("quickstart", "stages.judge.rubric=helpfulnes", "no shipped rubric 'helpfulnes'"),
+        ("quickstart", "stages.dedup.reference=/nonexistent/reference.jsonl", "/nonexistent/reference.jsonl"),
+    ],
+)
+def test_a_bad_value_given_with_set_is_blamed_on_that_set(tmp_path, recipe, override, message):
+    """Values checked after the recipe's schema (files opened, models looked up, rubrics loaded)
+    name the `--set` that gave them, not the recipe file the user did not edit."""
+    result = datagen_in_process("validate", recipe, "--set", override, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert line.startswith(f"datagen: error: --set {override}: "), line
+    assert message in line and "quickstart.yaml" not in line and "ultrafeedback.yaml" not in line

@@ -72,7 +72,17 @@ def build_steps(loaded: LoadedRecipe) -> list[Step]:
     needs (dedup's reference, a rubric) and opens no model."""
     recipe = loaded.recipe
     context = StepContext(recipe.backend, recipe.sampling_seed, str(loaded.path), recipe.input, recipe.budget, recipe.seed, loaded.counterexample_plan())
-    return [config.build_step(context) for config in recipe.stages]
+    steps = []
+    for i, config in enumerate(recipe.stages):
+        try:
+            steps.append(config.build_step(context))
+        except DatagenError as err:
+            if err.source is None:  # an error about the step's own config: named as the recipe's field
+                err.source = str(loaded.path)
+                if err.field is None or not err.field.startswith("stages"):
+                    err.field = f"stages.{i}" + (f".{err.field}" if err.field else "")
+            raise loaded.blame(err) from None
+    return steps
 
 
 @dataclass
