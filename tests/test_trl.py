@@ -33,7 +33,10 @@ def dpo_pairs(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def constitutional(tmp_path_factory) -> Path:
-    return run_recipe("constitutional", tmp_path_factory.mktemp("cai") / "out")
+    # 24 assistant requests, not the recipe's 12: the 135M model's revisions mostly loop or describe
+    # the revision (revise_error), so 12 gave 0-2 pairs as batch numerics moved (one engine shared
+    # with the generator since 63b97be); 24 gives 3 with the recipe's seed.
+    return run_recipe("constitutional", tmp_path_factory.mktemp("cai") / "out", "--set", "templates.0.count=24")
 
 
 @pytest.fixture(scope="module")
