@@ -136,7 +136,6 @@ def _check_models(loaded) -> None:
         try:
             check_backend(backend, field)
         except DatagenError as err:
-            err.source = err.source or str(loaded.path)
             raise loaded.blame(err) from None
     for field, model in recipe.embedding_models():
         if is_local_model_path(model) and not Path(model).is_dir():

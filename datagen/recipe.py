@@ -237,8 +237,11 @@ class LoadedRecipe:
     _plan: Any = field(default=None, repr=False, compare=False)
 
     def blame(self, err: DatagenError) -> DatagenError:
-        """`err` blamed on the `--set` that wrote its field, if one did (see blame_override)."""
-        return blame_override(err, self.path, self.origins)
+        """`err` blamed on the `--set` that wrote its field, if one did (see blame_override); an
+        error that names no file otherwise names the recipe file."""
+        err = blame_override(err, self.path, self.origins)
+        err.source = err.source or str(self.path)
+        return err
 
     def counterexample_plan(self) -> Any:
         """The clustering plan (datagen.counterexamples.plan.Plan) of a recipe with an `input`
@@ -456,7 +459,7 @@ def blame_override(err: DatagenError, path: Path, origins: dict[str, str]) -> Da
     parts = re.sub(r"\[(\d+)\]", r".\1", err.field).split(".")
     for key, origin in origins.items():
         keys = key.split(".")
-        if parts[: len(keys)] == keys or keys[: len(parts)] == parts or _within(parts, keys):
+        if _within(parts, keys) or keys[: len(parts)] == parts:  # the --set wrote this field (or inside it), or a field inside this one
             err.source = origin
             break
     return err
@@ -491,11 +494,11 @@ def _resolve(recipe: Recipe, path: Path, in_file: set[str], origins: dict[str, s
     check_columns(recipe, templates, path)
     if recipe.output.mix is not None and recipe.output.mix.real is not None:
         check_real_source(recipe.output.mix.real, sources[recipe.output.mix.real.source], path)
-    _check_sources_used(recipe, templates, path, origins, in_file)
+    _check_sources_used(recipe, templates, path, in_file)
     return LoadedRecipe(recipe=recipe, path=path, templates=templates, sources=sources, origins=origins)
 
 
-def _check_sources_used(recipe: Recipe, templates: dict[str, Template], path: Path, origins: dict[str, str], in_file: set[str]) -> None:
+def _check_sources_used(recipe: Recipe, templates: dict[str, Template], path: Path, in_file: set[str]) -> None:
     """A data source added by `--set` that no template slot, prompt source (`from:`) or mix reads is
     a mistake (most often a misspelt name in `--set data.NAME.path=`, which would otherwise leave the
     recipe reading its own file): a DatagenError blaming that `--set`, with the closest used name.
@@ -509,8 +512,8 @@ def _check_sources_used(recipe: Recipe, templates: dict[str, Template], path: Pa
             continue
         close = difflib.get_close_matches(name, sorted(used), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else f" (used: {', '.join(sorted(used)) or 'none'})"
-        origin = next((o for key, o in origins.items() if key == f"data.{name}" or key.startswith(f"data.{name}.")), None)
-        raise DatagenError(f"data source {name!r} is read by no template, prompt source or mix{hint}", origin or path, f"data.{name}")
+        # load_recipe blames it on the --set that added the source (blame_override)
+        raise DatagenError(f"data source {name!r} is read by no template, prompt source or mix{hint}", path, f"data.{name}")
 
 
 def check_columns(recipe: Recipe, templates: dict[str, Template], path: Path) -> None:

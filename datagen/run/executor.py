@@ -77,10 +77,8 @@ def build_steps(loaded: LoadedRecipe) -> list[Step]:
         try:
             steps.append(config.build_step(context))
         except DatagenError as err:
-            if err.source is None:  # an error about the step's own config: named as the recipe's field
-                err.source = str(loaded.path)
-                if err.field is None or not err.field.startswith("stages"):
-                    err.field = f"stages.{i}" + (f".{err.field}" if err.field else "")
+            if err.source is None and not (err.field or "").startswith("stages"):  # about the step's own config
+                err.field = f"stages.{i}" + (f".{err.field}" if err.field else "")
             raise loaded.blame(err) from None
     return steps
 
