@@ -150,15 +150,22 @@ def test_n_samples_and_seeds_reach_the_server(server):
     try:
         sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=12)
         first = backend.generate(ask(2), sampling)
-        again = backend.generate(ask(2), sampling)
-        reseeded = backend.generate([ChatRequest(r.messages, seed=r.seed + 1) for r in ask(2)], sampling)
+        # Token-for-token reproducibility is checked with n=1: vLLM's server fans a request's n
+        # samples out into child requests that reach its scheduler one by one, so they may be
+        # batched in other shapes from call to call, and on CPU that can flip a near-tie token
+        # (seen in CI). A single sample per request batches the same way every time.
+        single = SamplingConfig(n=1, temperature=1.0, max_tokens=12)
+        once = backend.generate(ask(2), single)
+        again = backend.generate(ask(2), single)
+        reseeded = backend.generate([ChatRequest(r.messages, seed=r.seed + 1) for r in ask(2)], single)
     finally:
         backend.close()
     texts = [[c.text for c in g.completions] for g in first]
     assert all(g.error is None and len(g.completions) == 3 for g in first)
-    assert texts == [[c.text for c in g.completions] for g in again], "the same seed gives the same samples"
-    assert texts != [[c.text for c in g.completions] for g in reseeded], "another seed gives other samples"
     assert len(set(texts[0])) > 1, "the n samples of one request differ"
+    once_texts = [g.completions[0].text for g in once]
+    assert once_texts == [g.completions[0].text for g in again], "the same seed gives the same sample"
+    assert once_texts != [g.completions[0].text for g in reseeded], "another seed gives another sample"
     for g in first:
         assert g.prompt_tokens > 5
         for c in g.completions:

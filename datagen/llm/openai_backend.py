@@ -11,6 +11,11 @@ with one line: a batch in which every request failed for transient reasons (the 
 rerunning resumes), and a server that refuses every request before it has answered any (HTTP
 400 "system role not supported", 401, 404 ...: every further shard would fail the same way).
 
+Each request carries the row's `seed` and asks for its `n` samples at once (the prompt is billed
+once). A server that honours seeds repeats a single sample token for token; vLLM's server fans n > 1
+samples out into child requests that its scheduler may batch differently from call to call, so on
+CPU their texts can differ by a near-tie token between two identical calls.
+
 The client runs on an event loop in a thread of its own, so `generate` can be called from any
 thread, also one that already runs an event loop.
 """
