@@ -145,6 +145,7 @@ def test_silhouette_recovers_the_planted_types(embedded):
         assert np.all(np.diff(cluster.centrality) <= 1e-6)
 
 
+@pytest.mark.slow  # shares the module's `embedded` fixture: the sentence encoder over every failure (~7 s)
 def test_silhouette_may_split_a_type_into_subtypes_that_stay_pure(embedded):
     """Unit conversions hold three families (mass, volume, length): with many of them, the
     silhouette prefers those sub-clusters; a narrower k_range (or k) asks for coarser clusters."""

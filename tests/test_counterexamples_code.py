@@ -103,6 +103,7 @@ def test_plan_json_finds_the_three_failure_modes(monkeypatch, capsys, tmp_path):
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == [], "--plan writes nothing"
 
 
+@pytest.mark.slow  # loads the sentence encoder: about 9 s
 def test_plan_text_and_a_given_k(monkeypatch, capsys, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "Write `sum_list(xs)` returning the sum of a list."},
                                                     {"prompt": "Write `is_even(n)` returning whether n is even."}])

@@ -78,17 +78,3 @@ def test_kept_math_rows_have_verified_answers(quickstart):
         answer = extract_answer(row["completion"])
         correct = answer is not None and equivalent(parse_reference(row["reference"]), answer)
         assert row["verify_keep"] == correct, row["completion"][-200:]
-
-
-def test_same_seed_same_completions_with_vllm(tmp_path):
-    small = ["--set", "templates.0.count=2", "--set", "templates.1.count=1", "--set", "templates.2.count=1",
-             "--set", "backend.sampling.max_tokens=48", "--set", "stages=[]", "--no-progress"]
-    cols = ["candidate_id", "completion", "sample_seed"]
-    frames = []
-    for name in ("a", "b"):
-        result = datagen_cli("run", PIPELINES / "quickstart.yaml", "--out", tmp_path / name, *small)
-        assert result.returncode == 0, result.stderr[-3000:]
-        frames.append(pl.read_parquet(tmp_path / name / "run" / "stages" / "00_generate" / "*.parquet").select(cols))
-    assert frames[0].height == 16
-    assert frames[0].equals(frames[1])
-    assert frames[0]["completion"].n_unique() > 8, "the n samples of a prompt differ"

@@ -146,14 +146,15 @@ def ask(n: int) -> list[ChatRequest]:
 
 @pytest.mark.model
 def test_n_samples_and_seeds_reach_the_server(server):
-    backend = make_backend(backend_config(server), 0)
+    backend = make_backend(backend_config(server, max_concurrency=1), 0)
     try:
         sampling = SamplingConfig(n=3, temperature=1.0, max_tokens=12)
         first = backend.generate(ask(2), sampling)
-        # Token-for-token reproducibility is checked with n=1: vLLM's server fans a request's n
-        # samples out into child requests that reach its scheduler one by one, so they may be
-        # batched in other shapes from call to call, and on CPU that can flip a near-tie token
-        # (seen in CI). A single sample per request batches the same way every time.
+        # Token-for-token reproducibility is checked with n=1 and one request in flight: the server
+        # batches concurrent requests as they arrive, and fans a request's n samples out into child
+        # requests that reach its scheduler one by one, so either may be batched in other shapes
+        # from call to call, and on CPU that can flip a near-tie token (seen in CI). A single
+        # sample alone batches the same way every time.
         single = SamplingConfig(n=1, temperature=1.0, max_tokens=12)
         once = backend.generate(ask(2), single)
         again = backend.generate(ask(2), single)

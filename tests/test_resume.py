@@ -333,3 +333,8 @@ def test_killed_during_generation_with_the_real_model(tmp_path):
     # The shard generated before the kill came from a fresh engine in both runs: the same text.
     shard0 = set(pl.read_parquet(first_shard)["candidate_id"])
     assert got.filter(pl.col("candidate_id").is_in(shard0))["completion"].to_list() == expected.filter(pl.col("candidate_id").is_in(shard0))["completion"].to_list()
+    # Same seed, same samples (this test also stands for "same seed, same completions" with vLLM):
+    # every row's sample seed in both runs, and the n samples drawn for one prompt differ.
+    assert got["sample_seed"].to_list() == expected["sample_seed"].to_list()
+    per_prompt = got.group_by("prompt_id").agg(pl.col("completion").n_unique().alias("texts"))
+    assert per_prompt.height == 4 and (per_prompt["texts"] == 2).sum() >= 2, per_prompt

@@ -115,6 +115,12 @@ class VLLMBackend:
         self.model_name = "HuggingFaceTB/SmolLM2-135M-Instruct (embedded)" if config.model == EMBEDDED else config.model
         from vllm import LLM
 
+        # vLLM calls gc.collect() about eight times while it builds the engine, and each walks every
+        # object its imports made (3-4 s in all on 2 cores); frozen, they are skipped (about 2 s
+        # saved per engine start, measured). Collected first, so that no garbage (a closed engine
+        # of an earlier stage) is frozen with them.
+        gc.collect()
+        gc.freeze()
         self.llm = LLM(model=path, **engine_kwargs(config, cpu, seed))
 
     def generate(self, requests: list[ChatRequest], sampling: SamplingConfig) -> list[Generation]:
