@@ -41,6 +41,7 @@ from datagen.text.answers import final_answer
 from datagen.counterexamples.config import InputConfig
 from datagen.steps.base import COLUMN, FittedVerdicts, RunStep, StageConfigBase, StepContext
 from datagen.steps.dedup import EXACT, NEAR, REFERENCE, DedupConfig, Deduplicator
+from datagen.steps.verify import fenced_blocks
 
 BAD_FORMAT, NO_ANSWER, COPIES_FAILURE, IN_TRAINING_SET = "bad_format", "no_answer", "copies_failure", "in_training_set"
 # "Problem:", "**Solution:**", "### Answer:", "Problem 1:" at the start of a line.
@@ -112,6 +113,14 @@ def _section(text: str, marks: list[re.Match], name: str) -> str | None:
     return None
 
 
+def first_code(text: str | None) -> str:
+    """A section's code: its first non-empty fenced block (fenced_blocks), stripped, else its
+    stripped text ("" for None)."""
+    text = (text or "").strip()
+    blocks = [body.strip() for _, body in fenced_blocks(text) if body.strip()]
+    return blocks[0] if blocks else text
+
+
 def parse_code_counterexample(text: str | None, min_words: int = 1) -> dict[str, Any]:
     """problem, solution (its code, fenced), tests (their code) and reason (bad_format, no_tests, or
     None when the format is fine). A section's code is its first fenced block, else its text."""
@@ -123,13 +132,8 @@ def parse_code_counterexample(text: str | None, min_words: int = 1) -> dict[str,
         return parsed
     if any(p in text.lower() for p in CODE_PLACEHOLDERS):
         return parsed
-    from datagen.steps.verify import fenced_blocks
-
-    blocks = [body.strip() for _, body in fenced_blocks(solution) if body.strip()]
-    code = blocks[0] if blocks else solution
-    test_blocks = [body.strip() for _, body in fenced_blocks(tests or "") if body.strip()]
-    test_code = test_blocks[0] if test_blocks else (tests or "").strip()
-    parsed.update(problem=problem, solution=f"```python\n{code}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
+    test_code = first_code(tests)
+    parsed.update(problem=problem, solution=f"```python\n{first_code(solution)}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
     return parsed
 
 
@@ -138,21 +142,14 @@ def code_from_columns(problem: str | None, tests: str | None, solution: str | No
     completion), then a solution written from the task alone, so passing the tests checks it.
     Same keys and reasons as parse_code_counterexample; a block's code is its first fenced block,
     else its text."""
-    from datagen.steps.verify import fenced_blocks
-
     parsed: dict[str, Any] = {"problem": None, "solution": None, "tests": None, "reason": BAD_FORMAT}
     problem, tests, solution = (problem or "").strip(), (tests or "").strip(), (solution or "").strip()
     if not problem or not solution or len(problem.split()) < min_words:
         return parsed
     if any(p in f"{problem}\n{tests}\n{solution}".lower() for p in CODE_PLACEHOLDERS):
         return parsed
-
-    def code(text: str) -> str:
-        blocks = [body.strip() for _, body in fenced_blocks(text) if body.strip()]
-        return blocks[0] if blocks else text
-
-    test_code = code(tests) if tests else ""
-    parsed.update(problem=problem, solution=f"```python\n{code(solution)}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
+    test_code = first_code(tests)
+    parsed.update(problem=problem, solution=f"```python\n{first_code(solution)}\n```", tests=test_code or None, reason=None if test_code else "no_tests")
     return parsed
 
 
