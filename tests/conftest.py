@@ -52,8 +52,12 @@ def pytest_collection_modifyitems(config, items):
     def cost(item) -> float:
         return max((_COST[m.name] for m in item.iter_markers() if m.name in _COST), default=_FAST_COST)
 
+    def file_of(item) -> str:
+        return item.nodeid.split("::")[0]
+
     per_file: dict[str, float] = {}
     for item in items:
-        per_file[item.nodeid.split("::")[0]] = per_file.get(item.nodeid.split("::")[0], 0.0) + cost(item)
+        path = file_of(item)
+        per_file[path] = per_file.get(path, 0.0) + cost(item)
     rank = {path: i for i, path in enumerate(sorted(per_file, key=lambda p: (-per_file[p], p)))}
-    items.sort(key=lambda item: rank[item.nodeid.split("::")[0]])
+    items.sort(key=lambda item: rank[file_of(item)])

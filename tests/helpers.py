@@ -276,3 +276,16 @@ def train_dpo(ds, out: Path):
     assert len(trainer.train_dataset) == ds.num_rows, "TRL dropped rows it could not use"
     assert_two_steps(trainer)
     return trainer
+
+
+def assert_real_code_failures(failures: Iterable[Mapping[str, Any]]) -> None:
+    """A planted code-failure set is what it claims: every row's `expected` passes its `tests` and
+    its `output`'s program (signals.code_of) fails them, both run by the python_tests verifier."""
+    from datagen.counterexamples.signals import code_of
+    from datagen.steps.verify import PythonTestsVerifier
+
+    checker = PythonTestsVerifier()
+    for row in failures:
+        assert checker.check({"completion": row["expected"], "tests": row["tests"]}).keep, row["id"]
+        verdict = checker.check({"completion": code_of(row["output"]), "tests": row["tests"]})
+        assert not verdict.keep and verdict.reason == "tests_failed", row["id"]

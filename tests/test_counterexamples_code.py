@@ -19,7 +19,7 @@ import datasets
 import polars as pl
 import pytest
 
-from helpers import PIPELINES, datagen_cli, train_dpo
+from helpers import PIPELINES, assert_real_code_failures, datagen_cli, train_dpo
 from datagen.llm.base import Completion, Generation
 from datagen.llm.scripted import ScriptedBackend
 from datagen.cli import main
@@ -32,7 +32,6 @@ from datagen.recipe import load_recipe
 from datagen.rows import BackendConfig
 from datagen.steps import StepContext
 from datagen.steps.counterexample import CounterexampleConfig, parse_code_counterexample
-from datagen.steps.verify import PythonTestsVerifier
 
 DATA = Path(__file__).parent / "data"
 CODE_FAILURES = DATA / "code_failures.jsonl"
@@ -59,11 +58,7 @@ def test_the_fixture_is_what_it_says():
     failures = rows()
     assert Counter(KINDS.values()) == {"api": 18, "off_by_one": 14, "error_handling": 8}
     assert {"severity", "tag"}.isdisjoint(failures[0]) and len({f["prompt"] for f in failures}) == 40
-    checker = PythonTestsVerifier()
-    for f in failures:
-        assert checker.check({"completion": f["expected"], "tests": f["tests"]}).keep, f["id"]
-        verdict = checker.check({"completion": code_of(f["output"]), "tests": f["tests"]})
-        assert not verdict.keep and verdict.reason == "tests_failed", f["id"]
+    assert_real_code_failures(failures)
 
 
 def test_code_is_detected_and_the_difference_is_what_changed():

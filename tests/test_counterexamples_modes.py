@@ -19,9 +19,8 @@ import pytest
 from datagen.counterexamples.allocate import allocate
 from datagen.counterexamples.config import InputConfig
 from datagen.counterexamples.plan import embed_plan_failures, make_plan
-from datagen.counterexamples.signals import code_of
 from datagen.counterexamples.structure import change_counts
-from datagen.steps.verify import PythonTestsVerifier
+from helpers import assert_real_code_failures
 
 DATA = Path(__file__).parent / "data"
 SETS = {"a": ("code_failures.jsonl", "code_failures_kinds.json"), "b": ("code_failures_b.jsonl", "code_failures_b_kinds.json")}
@@ -41,11 +40,7 @@ def test_the_second_set_is_what_it_says():
     _, rows_a, _ = load("a")
     names = lambda rs: {r["prompt"].split("`")[1].split("(")[0] for r in rs}  # noqa: E731
     assert not names(rows) & names(rows_a), "different functions from the first set"
-    checker = PythonTestsVerifier()
-    for r in rows:
-        assert checker.check({"completion": r["expected"], "tests": r["tests"]}).keep, r["id"]
-        verdict = checker.check({"completion": code_of(r["output"]), "tests": r["tests"]})
-        assert not verdict.keep and verdict.reason == "tests_failed", r["id"]
+    assert_real_code_failures(rows)
 
 
 def test_change_kinds_counts_what_class_of_token_changed():
