@@ -8,9 +8,13 @@ import os
 import sys
 import textwrap
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from datagen.errors import DatagenError, first_line
 from datagen.sources.shipped import RESOURCES
+
+if TYPE_CHECKING:
+    from datagen.run.engines import EnginePool
 
 EXIT_USER_ERROR = 2
 MAX_ROWS_SHOWN = 2**31 - 1  # --rows / -n past any table's length mean "all"
@@ -173,7 +177,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise DatagenError("only used with --executor ray", field="--address")
         from datagen.run.executor import run_pipeline
 
-        result = run_pipeline(loaded, out, force=args.force, progress=progress, verbose=args.verbose)
+        result = run_pipeline(loaded, out, force=args.force, progress=progress, verbose=args.verbose, engines=args.engines)
     from datagen.report.trust import kept_errors
 
     for s in result.stage_stats:
@@ -434,7 +438,8 @@ def cmd_counterexamples(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2, ensure_ascii=False) if args.json else plan_text(report))
         return 0
     run = argparse.Namespace(recipe=args.recipe, overrides=overrides, out=args.out, force=args.force, resume=False,
-                             no_progress=args.no_progress, progress=args.progress, verbose=args.verbose, executor="local", address=None)
+                             no_progress=args.no_progress, progress=args.progress, verbose=args.verbose, executor="local", address=None,
+                             engines=args.engines)
     return cmd_run(run)
 
 
@@ -454,8 +459,13 @@ COMMANDS = {"recipes": cmd_recipes, "run": cmd_run, "validate": cmd_validate, "p
             "counterexamples": cmd_counterexamples}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, engines: EnginePool | None = None) -> int:
+    """`datagen ARGV` (default: sys.argv[1:]); returns the exit status (2: bad input, one line on
+    stderr). `engines`: a datagen.run.engines.EnginePool the caller keeps open across calls in one
+    process (tests, notebooks): `run` and `counterexamples` take their engines from it and leave
+    them open, so the next run of the same model starts none. Not used by `--executor ray`."""
     args = _parser().parse_args(argv)
+    args.engines = engines
     try:
         return COMMANDS[args.command](args)
     except DatagenError as err:

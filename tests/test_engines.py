@@ -61,9 +61,10 @@ def judged(out) -> pl.DataFrame:
     return pl.read_parquet(out / "run" / "stages" / "02_judge" / "*.parquet")
 
 
-def test_generate_and_a_judge_of_the_same_model_share_one_engine(project):
+def test_generate_and_a_judge_of_the_same_model_share_one_engine(project, monkeypatch):
     engines = Engines()
-    result = run_pipeline(recipe(project, "org/model-a"), project.root / "out", progress=False, engines=EnginePool(start=engines))
+    monkeypatch.setattr("datagen.run.executor.EnginePool", lambda: EnginePool(start=engines))  # the run's own pool
+    result = run_pipeline(recipe(project, "org/model-a"), project.root / "out", progress=False)
     assert engines.events == [("open", "org/model-a"), ("close", "org/model-a")], "one start, closed when the run ends"
     [engine] = engines.started
     asked = [r for call in engine.calls for r in call.requests]
@@ -76,15 +77,32 @@ def test_generate_and_a_judge_of_the_same_model_share_one_engine(project):
 
 def test_a_judge_of_another_model_starts_after_the_generator_was_closed(project):
     engines = Engines()
-    run_pipeline(recipe(project, "org/model-b"), project.root / "out", progress=False, engines=EnginePool(start=engines))
-    assert engines.events == [("open", "org/model-a"), ("close", "org/model-a"), ("open", "org/model-b"), ("close", "org/model-b")]
+    with EnginePool(start=engines) as pool:
+        run_pipeline(recipe(project, "org/model-b"), project.root / "out", progress=False, engines=pool)
+        assert engines.events == [("open", "org/model-a"), ("close", "org/model-a"), ("open", "org/model-b")], \
+            "the judge's engine, the last one, is left open in the caller's pool"
+    assert engines.events[-1] == ("close", "org/model-b")
     assert (judged(project.root / "out")["judge_rationale"] == "judged by org/model-b").all()
+
+
+def test_a_pool_the_caller_keeps_serves_the_next_run_without_another_start(project):
+    engines = Engines()
+    with EnginePool(start=engines) as pool:
+        first = run_pipeline(recipe(project, "org/model-a"), project.root / "first", progress=False, engines=pool)
+        second = run_pipeline(recipe(project, "org/model-a"), project.root / "second", progress=False, engines=pool)
+        assert engines.events == [("open", "org/model-a")] and pool.loads == 1
+        third = run_pipeline(recipe(project, "org/model-b"), project.root / "third", progress=False, engines=pool)
+        assert engines.events == [("open", "org/model-a"), ("close", "org/model-a"), ("open", "org/model-b")], \
+            "a run that needs another model closes the kept one first"
+    assert engines.events[-1] == ("close", "org/model-b")
+    assert first.rows_written == second.rows_written == third.rows_written == 12
+    assert judged(project.root / "second").height == 12 and (judged(project.root / "third")["judge_rationale"] == "judged by org/model-b").all()
 
 
 def test_other_engine_settings_are_another_engine_the_seed_is_not(project):
     engines = Engines()
-    run_pipeline(recipe(project, "org/model-a", judge_engine={"max_model_len": 1024}), project.root / "out", progress=False,
-                 engines=EnginePool(start=engines))
+    with EnginePool(start=engines) as pool:
+        run_pipeline(recipe(project, "org/model-a", judge_engine={"max_model_len": 1024}), project.root / "out", progress=False, engines=pool)
     assert [event for event, _ in engines.events] == ["open", "close", "open", "close"]
 
     same = BackendConfig(kind="vllm", model="org/model-a")

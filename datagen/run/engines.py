@@ -4,7 +4,8 @@ settings), and at most one started at a time: a step that needs another model ge
 previous engine was closed (two 7B engines at gpu_memory_utilization 0.9 do not fit on one GPU,
 and vLLM frees GPU memory reliably only once its engine core is shut down).
 
-The pool belongs to the run (datagen.run.executor.run_pipeline creates and closes it); steps get
+A pool belongs to one run (datagen.run.executor.run_pipeline creates and closes it) or to a caller
+that runs several recipes in one process and keeps its engines open between them; steps get
 leases: a lease's close() ends the step's use, not the engine, which stays up for the next step
 of the same model until the run ends or another model is needed. Every engine call made through
 a lease is routed by the pool's EngineOutput (datagen.run.console), so engine logs land in
@@ -13,6 +14,7 @@ OUT/run/engine.log.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Any, Callable, Iterable, Iterator
 
 from datagen.llm import Backend, engine_identity
@@ -34,6 +36,15 @@ class EnginePool:
         self.start, self.output = start, output or EngineOutput(None)
         self.engines: dict[str, Backend] = {}
         self.loads = 0  # engines started by this pool so far
+
+    @contextmanager
+    def routed_to(self, output: EngineOutput) -> Iterator["EnginePool"]:
+        """Engine output goes to `output` inside (one run's engine.log), to the pool's own after."""
+        previous, self.output = self.output, output
+        try:
+            yield self
+        finally:
+            self.output = previous
 
     def acquire(self, config: BackendConfig, opener: Callable[[], Backend]) -> "Lease":
         """A lease on the engine for `config`: the open one when its identity matches, else a new

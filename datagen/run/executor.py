@@ -161,9 +161,11 @@ def run_pipeline(
     engines: EnginePool | None = None,
     verbose: bool = False,
 ) -> RunResult:
-    """`engines`: the run's engine pool (default: a new one, closed when the run ends; engine
-    output goes to OUT/run/engine.log unless `verbose`). `backend_factory` opens the generator's
-    backend outside the pool (tests, benchmarks)."""
+    """`engines`: an engine pool the caller owns and keeps open across runs (a notebook or a test
+    session running several recipes of one model starts its engine once); the run leaves its
+    engines open. Default: a pool of the run's own, closed when the run ends. Either way, what the
+    engines print goes to OUT/run/engine.log during the run unless `verbose`. `backend_factory`
+    opens the generator's backend outside the pool (tests, benchmarks)."""
     runner = runner or LocalRunner()
     # What bad input can break (templates, stage files) fails here, before the output is touched.
     prompts = expand_prompts(loaded)
@@ -171,18 +173,21 @@ def run_pipeline(
     Target.of(loaded)  # a target the recipe cannot have
     run = RunDir(out)
     manifest = run.prepare(loaded.fingerprint(), force, resolved_recipe(loaded))
-    engines = engines or EnginePool(output=EngineOutput(None if verbose else run.root / "engine.log"))
+    owned = engines is None
+    engines = EnginePool() if owned else engines
     if isinstance(runner, LocalRunner):  # one engine per model for the whole run (Ray actors hold their own)
         engines.share(stages)
         if backend_factory is None:
             backend_factory = engines.opener(loaded.recipe.backend, partial(open_backend, loaded.recipe.backend, loaded.recipe.sampling_seed, loaded.path))
     try:
-        return _run(loaded, run, manifest, prompts, stages, runner, backend_factory, progress)
+        with engines.routed_to(EngineOutput(None if verbose else run.root / "engine.log")):
+            try:
+                return _run(loaded, run, manifest, prompts, stages, runner, backend_factory, progress)
+            finally:
+                if owned:
+                    engines.close()
     finally:
-        try:
-            engines.close()
-        finally:
-            run.release()
+        run.release()
 
 
 def _run(loaded: LoadedRecipe, run: RunDir, manifest: dict[str, Any], prompts: pl.DataFrame, stages: list[Step], runner: "ShardRunner", backend_factory, progress) -> RunResult:
