@@ -5,9 +5,11 @@ and TRL's trainers. Tests import from here; tests/conftest.py holds only fixture
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -60,16 +62,16 @@ def datagen_cli(*args: Any, cwd: Path | None = None, timeout: int = 600) -> subp
     return subprocess.run([str(exe), *map(str, args)], cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout)
 
 
-def datagen_in_process(*args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def datagen_in_process(*args: Any, cwd: Path | None = None, engines: Any = None) -> subprocess.CompletedProcess:
     """`datagen ARGS` run by `datagen.cli.main` in this process, from `cwd` (default: the
     repository): the same code as the console script without 1-2 CPU-seconds of interpreter and
     import start per call. Returns what `datagen_cli` returns (exit status, argparse's SystemExit
     included; stdout and stderr as text) plus `seconds` (wall time). For checks of the CLI's exit
     status and message; keep a few true console-script runs (datagen_cli) per behaviour. Sets
-    DATAGEN_NO_REEXEC so that a vllm recipe never re-executes the test process."""
+    DATAGEN_NO_REEXEC so that a vllm recipe never re-executes the test process. `engines`: an
+    EnginePool kept open across calls (datagen.cli.main's `engines`)."""
     import contextlib
     import io
-    import os
     import time
 
     from datagen.cli import main
@@ -83,7 +85,7 @@ def datagen_in_process(*args: Any, cwd: Path | None = None) -> subprocess.Comple
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
-                code = main([str(a) for a in args])
+                code = main([str(a) for a in args], engines=engines)
             except SystemExit as exit:
                 code = exit.code if isinstance(exit.code, int) else 1 if exit.code else 0
     finally:
@@ -94,6 +96,86 @@ def datagen_in_process(*args: Any, cwd: Path | None = None) -> subprocess.Comple
     result.seconds = time.monotonic() - start
     return result
 
+
+def start_local_ray() -> None:
+    """`ray.init` of a local Ray with 2 CPUs whose processes may use every core of the machine,
+    not only this xdist worker's share (tests/conftest.py pins workers): Ray's dozen processes
+    start on one core 2x slower, and they mostly wait on each other rather than compute."""
+    import ray
+
+    with every_core():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+
+
+@contextmanager
+def every_core() -> Iterator[None]:
+    """Processes started inside may run on every core (this process's own share is restored after)."""
+    if not hasattr(os, "sched_setaffinity"):
+        yield
+        return
+    share = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, share)
+
+
+class ModelCLI:
+    """`datagen ARGS` for real-model tests, run by one spawned process that keeps its engines open
+    between calls (datagen.cli.main with an EnginePool): a CLI run of the embedded model spends
+    20-26 s starting Python, torch, vLLM and the engine, so a test session pays that once, not per
+    run. The process starts with Intel OpenMP preloaded, as the `datagen` command re-executes
+    itself to run vLLM's CPU build (datagen.cli._ensure_openmp_preload), and holds vLLM away from
+    the test process (its thread binding, 2-3 GB). Call it as `datagen_cli` is called; it returns
+    the same CompletedProcess. Keep true `datagen_cli` runs where the process itself is under test
+    (a kill, the console, the quickstart a user runs)."""
+
+    def __init__(self):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        lib = Path(sys.prefix) / "lib" / "libiomp5.so"
+        saved = {name: os.environ.get(name) for name in ("LD_PRELOAD", "DATAGEN_NO_REEXEC")}
+        if lib.exists():
+            os.environ["LD_PRELOAD"] = ":".join(filter(None, [str(lib), saved["LD_PRELOAD"]]))
+        os.environ["DATAGEN_NO_REEXEC"] = "1"
+        try:  # the environment is read when the process starts: at the first call
+            self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_engines)
+            self.executor.submit(os.getpid).result(timeout=120)
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    def __call__(self, *args: Any, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+        code, out, err = self.executor.submit(_run_with_engines, [str(a) for a in args], str(cwd) if cwd else None).result(timeout=timeout)
+        return subprocess.CompletedProcess(list(args), code, out, err)
+
+    def close(self) -> None:
+        self.executor.submit(_close_engines).result(timeout=120)
+        self.executor.shutdown()
+
+
+_ENGINES = None  # the EnginePool of a ModelCLI process (set there by its initializer)
+
+
+def _open_engines() -> None:
+    global _ENGINES
+    from datagen.run.engines import EnginePool
+
+    _ENGINES = EnginePool()
+
+
+def _run_with_engines(args: list[str], cwd: str | None) -> tuple[int, str, str]:
+    result = datagen_in_process(*args, cwd=Path(cwd) if cwd else None, engines=_ENGINES)
+    return result.returncode, result.stdout, result.stderr
+
+
+def _close_engines() -> None:
+    _ENGINES.close()
 
 # --- one question and canned answers to it -------------------------------------------------------
 

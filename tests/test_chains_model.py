@@ -12,13 +12,13 @@ import datasets
 import pytest
 
 from datagen.text.answers import extract_answer
-from helpers import PIPELINES, assert_two_steps, datagen_cli, load_embedded_model, train_dpo, trainer_args
+from helpers import PIPELINES, assert_two_steps, load_embedded_model, train_dpo, trainer_args
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
-def run_recipe(name: str, out: Path, *overrides: str) -> datasets.Dataset:
-    result = datagen_cli("run", PIPELINES / f"{name}.yaml", "--out", out, "--progress", "none", *overrides)
+def run_recipe(datagen, name: str, out: Path, *overrides: str) -> datasets.Dataset:
+    result = datagen("run", PIPELINES / f"{name}.yaml", "--out", out, "--progress", "none", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     ds = datasets.load_dataset(str(out), split="train")
     assert ds.num_rows > 0, f"{name}: no rows survived"
@@ -35,11 +35,11 @@ def train_sft(ds: datasets.Dataset, out: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def self_instruct(tmp_path_factory) -> Path:
+def self_instruct(tmp_path_factory, model_cli) -> Path:
     """One self_instruct_math run (10 problems: enough for majority-vs-minority pairs with its
     seed) shared by the SFT and the DPO test: the DPO output is built from the same run's stages."""
     out = tmp_path_factory.mktemp("self_instruct") / "out"
-    run_recipe("self_instruct_math", out, "--set", "templates.0.count=10")
+    run_recipe(model_cli, "self_instruct_math", out, "--set", "templates.0.count=10")
     return out
 
 
@@ -54,21 +54,21 @@ def test_self_instruct_math_sft_rows_agree_with_their_problems_majority(self_ins
     train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
 
 
-def test_self_instruct_math_as_majority_vs_minority_pairs(self_instruct, tmp_path):
+def test_self_instruct_math_as_majority_vs_minority_pairs(self_instruct, tmp_path, model_cli):
     """The same run as DPO pairs: only the output is built again (the manifest says which stages ran)."""
     out = tmp_path / "dpo_out"
     shutil.copytree(self_instruct, out)
     before = json.loads((out / "run" / "manifest.json").read_text())["stages"]
-    ds = run_recipe("self_instruct_math", out, "--set", "output.format=dpo", "--set", "output.pairs.strategy=majority",
+    ds = run_recipe(model_cli, "self_instruct_math", out, "--set", "output.format=dpo", "--set", "output.pairs.strategy=majority",
                     "--set", "templates.0.count=10")
     assert json.loads((out / "run" / "manifest.json").read_text())["stages"] == before, "no stage ran again"
     assert set(ds["strategy"]) == {"majority"} and set(ds["chosen_verdict"]) == {"majority"} and set(ds["rejected_verdict"]) == {"minority"}
     train_dpo(ds.select_columns(["prompt", "chosen", "rejected"]), tmp_path / "dpo")
 
 
-def test_restyle_rewrites_keep_the_final_answer(tmp_path):
+def test_restyle_rewrites_keep_the_final_answer(tmp_path, model_cli):
     # 3 of the recipe's 6 problems: each surviving solution is rewritten 3 times (300 tokens each)
-    ds = run_recipe("restyle", tmp_path / "out", "--set", "templates.0.count=3")
+    ds = run_recipe(model_cli, "restyle", tmp_path / "out", "--set", "templates.0.count=3")
     assert set(ds["tone"]) <= {"formal", "playful", "concise"}
     for row in ds:
         assert f"in a {row['tone']} tone" in row["messages"][-2]["content"]
@@ -77,8 +77,8 @@ def test_restyle_rewrites_keep_the_final_answer(tmp_path):
     train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
 
 
-def test_multi_turn_conversations_have_three_user_assistant_pairs(tmp_path):
-    ds = run_recipe("multi_turn", tmp_path / "out")
+def test_multi_turn_conversations_have_three_user_assistant_pairs(tmp_path, model_cli):
+    ds = run_recipe(model_cli, "multi_turn", tmp_path / "out")
     for row in ds:
         turns = [m["role"] for m in row["messages"] if m["role"] != "system"]
         assert turns == ["user", "assistant"] * 3

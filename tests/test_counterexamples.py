@@ -500,11 +500,11 @@ def test_validate_reports_a_bad_failures_file_given_with_set(tmp_path, capsys):
 
 
 @pytest.mark.model
-def test_cpu_default_run_loads_with_datasets_and_its_pairs_train_with_dpo(tmp_path):
+def test_cpu_default_run_loads_with_datasets_and_its_pairs_train_with_dpo(tmp_path, model_cli):
     out = tmp_path / "out"
-    result = datagen_cli("counterexamples", FAILURES, "--budget", "8", "--train", TRAIN, "--out", out, "--no-progress",
-                         "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256",
-                         "--set", "seed=12")  # seed 11 gave no verified fix once k is chosen over k-means seeds
+    result = model_cli("counterexamples", FAILURES, "--budget", "8", "--train", TRAIN, "--out", out, "--no-progress",
+                       "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256",
+                       "--set", "seed=12")  # seed 11 gave no verified fix once k is chosen over k-means seeds
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "run" / "manifest.json").read_text())
     assert manifest["prompts"] == 8 and "SmolLM2-135M" in manifest["model"]

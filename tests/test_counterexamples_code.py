@@ -19,7 +19,7 @@ import datasets
 import polars as pl
 import pytest
 
-from helpers import PIPELINES, assert_real_code_failures, datagen_cli, train_dpo
+from helpers import PIPELINES, assert_real_code_failures, train_dpo
 from datagen.llm.base import Completion, Generation
 from datagen.llm.scripted import ScriptedBackend
 from datagen.cli import main
@@ -335,11 +335,11 @@ def test_a_correction_equal_to_its_failing_output_never_becomes_a_pair(tmp_path)
 
 
 @pytest.mark.model
-def test_cpu_default_run_on_code_failures(tmp_path):
+def test_cpu_default_run_on_code_failures(tmp_path, model_cli):
     out = tmp_path / "out"
-    result = datagen_cli("counterexamples", CODE_FAILURES, "--budget", "6", "--k", "3", "--out", out, "--no-progress",
-                         "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256",
-                         "--set", "backend.sampling.n=2")
+    result = model_cli("counterexamples", CODE_FAILURES, "--budget", "6", "--k", "3", "--out", out, "--no-progress",
+                       "--set", "input.correction_share=0.5", "--set", "backend.sampling.max_tokens=256",
+                       "--set", "backend.sampling.n=2")
     assert result.returncode == 0, result.stderr[-3000:]
     stages = pl.read_parquet(out / "run" / "stages" / "05_counterexample" / "*.parquet")
     assert set(stages["kind"]) == {"code"} and set(stages["template_id"]) == {"counterexamples_code", "corrections_code"}

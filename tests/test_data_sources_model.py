@@ -18,7 +18,7 @@ import datasets
 import polars as pl
 import pytest
 
-from helpers import PIPELINES, datagen_cli, train_dpo
+from helpers import PIPELINES, train_dpo
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -41,7 +41,7 @@ PROMPTS = [
 
 
 @pytest.fixture(scope="module")
-def ultrafeedback(tmp_path_factory) -> tuple[Path, Path]:
+def ultrafeedback(tmp_path_factory, model_cli) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("uf")
     prompts = root / "my_prompts.csv"
     with open(prompts, "w", newline="") as fh:
@@ -49,7 +49,7 @@ def ultrafeedback(tmp_path_factory) -> tuple[Path, Path]:
         writer.writerow(["id", "prompt", "reference"])
         writer.writerows(PROMPTS)
     out = root / "out"
-    result = datagen_cli(
+    result = model_cli(
         "run", PIPELINES / "ultrafeedback.yaml", "--out", out, "--no-progress",
         "--set", f"data.prompts.path={prompts}", "--set", "backend.sampling.max_tokens=160",
         "--set", 'stages.+={stage: verify, verifiers: {"*": {kind: math}}}', "--set", "output.pairs.strategy=verified",

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import datasets
 import polars as pl
 import pytest
 
-from helpers import PIPELINES, assert_two_steps, datagen_cli, datagen_in_process, load_embedded_model, trainer_args
+from helpers import PIPELINES, assert_two_steps, datagen_in_process, load_embedded_model, trainer_args
 
 EXAMPLES = PIPELINES / "examples"
 TICKETS = {t["id"]: t for t in map(json.loads, (EXAMPLES / "tickets.jsonl").read_text().splitlines())}
@@ -29,11 +28,11 @@ def expected_weight(row: dict) -> float | None:
 
 @pytest.mark.model
 @pytest.mark.slow
-def test_grounded_qa_on_the_embedded_model(tmp_path):
+def test_grounded_qa_on_the_embedded_model(tmp_path, model_cli):
     out = tmp_path / "out"
     # 4 prompts: with the recipe's seed 3 questions survive, 8 answers reach the judge, 3 synthetic
     # rows and 1 real row are written (checked once; about 4 minutes on 2 cores)
-    result = datagen_cli("run", PIPELINES / "grounded_qa.yaml", "--out", out, "--progress", "none", "--set", "templates.0.count=4", timeout=1200)
+    result = model_cli("run", PIPELINES / "grounded_qa.yaml", "--out", out, "--progress", "none", "--set", "templates.0.count=4", timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     ds = datasets.load_dataset(str(out), split="train")
     rows = ds.to_list()

@@ -21,7 +21,7 @@ import jsonschema
 import polars as pl
 import pytest
 
-from conftest import datagen_cli, write_yaml
+from helpers import datagen_cli, start_local_ray, write_yaml
 from datagen.llm import ChatRequest, make_backend
 from datagen.llm.openai_backend import request_params, split_tokens
 from datagen.errors import DatagenError
@@ -574,7 +574,7 @@ def test_the_ray_executor_keeps_a_crashed_shard_unfinished_too(project, fake):
 
     server = fake().start("--die-after", "7")
     out = project.root / "out"
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    start_local_ray()
     try:
         with pytest.raises(DatagenError, match="rerun the same command"):
             run_pipeline_ray(load_recipe(fake_recipe(project, server.port)), out, workers=1, progress=False)

@@ -15,6 +15,7 @@ from datagen.errors import DatagenError
 from datagen.run.executor import run_pipeline
 from datagen.run.ray_executor import run_pipeline_ray
 from datagen.recipe import load_recipe
+from helpers import start_local_ray
 
 # Two near-duplicate sentences (one word apart), one more sentence, and texts the filters drop;
 # shards of two prompts x 3 samples, so duplicates land in different shards.
@@ -30,7 +31,7 @@ RESPONSES = [
 @pytest.fixture(scope="module")
 def local_ray():
     """One local Ray for the module; the executor uses a Ray it finds running and leaves it up."""
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    start_local_ray()
     yield
     ray.shutdown()
 

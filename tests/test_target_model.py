@@ -9,14 +9,14 @@ import json
 import polars as pl
 import pytest
 
-from helpers import PIPELINES, datagen_cli
+from helpers import PIPELINES
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 TARGET = 3
 
 
-def test_quickstart_to_a_target_reaches_it(tmp_path):
+def test_quickstart_to_a_target_reaches_it(tmp_path, model_cli):
     out = tmp_path / "out"
     overrides = [
         "templates=[{name: math_word_problems, count: 8}, {name: assistant_requests, count: 8}]",
@@ -24,7 +24,7 @@ def test_quickstart_to_a_target_reaches_it(tmp_path):
         "backend.sampling.n=2", "backend.sampling.max_tokens=256", "execution.shard_size=4",
         f"output.target_rows={TARGET}", "output.max_candidates=32",
     ]
-    result = datagen_cli("run", PIPELINES / "quickstart.yaml", "--out", out, "--progress", "log", *[a for o in overrides for a in ("--set", o)])
+    result = model_cli("run", PIPELINES / "quickstart.yaml", "--out", out, "--progress", "log", *[a for o in overrides for a in ("--set", o)])
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"target {TARGET} rows reached" in result.stdout
     assert f"target {TARGET}:" in result.stderr  # the yield estimate after each wave

@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from helpers import PIPELINES, assert_two_steps, datagen_cli, load_embedded_model, train_dpo, trainer_args
+from helpers import PIPELINES, assert_two_steps, load_embedded_model, train_dpo, trainer_args
 
 pytestmark = pytest.mark.model
 
@@ -20,28 +20,28 @@ PAIR_METADATA = ["strategy", "chosen_id", "rejected_id", "chosen_score", "reject
                  "rejected_verdict", "prompt_id", "template_id", "persona", "difficulty", "model"]
 
 
-def run_recipe(name: str, out: Path, *overrides: str) -> Path:
-    result = datagen_cli("run", PIPELINES / f"{name}.yaml", "--out", out, "--no-progress", *overrides)
+def run_recipe(datagen, name: str, out: Path, *overrides: str) -> Path:
+    result = datagen("run", PIPELINES / f"{name}.yaml", "--out", out, "--no-progress", *overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     return out
 
 
 @pytest.fixture(scope="module")
-def dpo_pairs(tmp_path_factory) -> Path:
-    return run_recipe("dpo_pairs", tmp_path_factory.mktemp("dpo") / "out")
+def dpo_pairs(tmp_path_factory, model_cli) -> Path:
+    return run_recipe(model_cli, "dpo_pairs", tmp_path_factory.mktemp("dpo") / "out")
 
 
 @pytest.fixture(scope="module")
-def constitutional(tmp_path_factory) -> Path:
+def constitutional(tmp_path_factory, model_cli) -> Path:
     # 24 assistant requests, not the recipe's 12: the 135M model's revisions mostly loop or describe
     # the revision (revise_error), so 12 gave 0-2 pairs as batch numerics moved (one engine shared
     # with the generator since 63b97be); 24 gives 3 with the recipe's seed.
-    return run_recipe("constitutional", tmp_path_factory.mktemp("cai") / "out", "--set", "templates.0.count=24")
+    return run_recipe(model_cli, "constitutional", tmp_path_factory.mktemp("cai") / "out", "--set", "templates.0.count=24")
 
 
 @pytest.fixture(scope="module")
-def rejection_sft(tmp_path_factory) -> Path:
-    return run_recipe("rejection_sft", tmp_path_factory.mktemp("rsft") / "out")
+def rejection_sft(tmp_path_factory, model_cli) -> Path:
+    return run_recipe(model_cli, "rejection_sft", tmp_path_factory.mktemp("rsft") / "out")
 
 
 def check_conversational_pairs(ds: datasets.Dataset, strategy: str) -> None:
@@ -74,11 +74,11 @@ def test_dpo_pairs_recipe_trains_with_trl_dpo(dpo_pairs, tmp_path):
     train_dpo(ds, tmp_path / "dpo")
 
 
-def test_standard_style_trains_with_trl_dpo(dpo_pairs, tmp_path):
+def test_standard_style_trains_with_trl_dpo(dpo_pairs, tmp_path, model_cli):
     """The same run built again in TRL's standard (plain string) format: only the builder reruns."""
     out = tmp_path / "standard"
     shutil.copytree(dpo_pairs, out)
-    result = datagen_cli("run", PIPELINES / "dpo_pairs.yaml", "--out", out, "--no-progress", "--set", "output.pairs.style=standard")
+    result = model_cli("run", PIPELINES / "dpo_pairs.yaml", "--out", out, "--no-progress", "--set", "output.pairs.style=standard")
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "run" / "manifest.json").read_text())
     assert manifest["output"]["style"] == "standard"
