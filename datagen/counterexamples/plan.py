@@ -200,11 +200,13 @@ class Embedded:
 def embed_plan_failures(config: InputConfig, diagnose_backend=None) -> Embedded:
     """Read the failures and embed them as the config says (diagnosing them first if asked).
 
-    Raises DatagenError (naming the file and column) for a bad failures file or a k larger than
-    the failures."""
+    Raises DatagenError (naming the file and column) for a bad failures file, a k larger than the
+    failures, or all-zero severities: before the encoder loads (seconds)."""
     failures = load_failures(config)
     if config.k is not None and config.k > failures.height:
         raise DatagenError(f"k ({config.k}) is larger than the number of failures ({failures.height})", config.failures, "input.k")
+    if failures.height and not failures["severity"].sum() > 0:  # severities are >= 0 (read_failures)
+        raise DatagenError("every weight is zero: there is nothing to allocate the budget to", config.failures, config.severity_column)
     encoder = load_encoder(config.embedding_model)
     prompts, outputs, expected = failures["prompt"].to_list(), failures["output"].to_list(), failures["expected"].to_list()
     kinds = failures["kind"].to_list()
