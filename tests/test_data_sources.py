@@ -5,7 +5,6 @@ changed source file. Scripted backend; no model."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 

@@ -15,7 +15,7 @@ from datagen.text.degenerate import MIN_DISTINCT, is_repetitive, rationale_probl
 from datagen.steps.finished import FinishedConfig
 from datagen.steps.judge import JudgeConfig, JudgeStage
 from datagen.steps.revise import ReviseConfig, ReviseStage
-from helpers import QUESTION, RIGHT, ScriptedModel, candidate_frame, samples_frame
+from helpers import RIGHT, ScriptedModel, candidate_frame, samples_frame
 
 # --- recorded degenerate texts -------------------------------------------------------------------
 

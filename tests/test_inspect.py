@@ -81,7 +81,7 @@ def test_a_rows_full_record_by_id_and_the_max_tokens_it_hit(dpo_run, capsys):
     assert "(cut off at max_tokens=12)" in text
     for column in rows.columns:
         assert f"  {column}: " in text, column
-    assert f"  finished_max_tokens: 12" in text
+    assert "  finished_max_tokens: 12" in text
     assert main(["inspect", str(dpo_run), "--id", "nope"]) == 2
     assert "no row with id 'nope'" in capsys.readouterr().err
 

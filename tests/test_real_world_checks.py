@@ -14,7 +14,7 @@ import pytest
 
 from helpers import datagen_cli, datagen_in_process
 from datagen.text import strict_json
-from datagen.text.answers import equivalent, extract_answer, final_answer, parse_reference
+from datagen.text.answers import final_answer
 from datagen.outputs.config import PairsConfig
 from datagen.outputs.pairs import build_pairs
 from datagen.steps.counterexample import parse_counterexample

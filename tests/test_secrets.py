@@ -4,7 +4,6 @@ naming the field, never echoing the value, and nothing a run writes holds the ke
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import pytest

@@ -21,7 +21,7 @@ import polars as pl
 from pydantic import Field, field_validator, model_validator
 
 from datagen.text.answers import Answer, equivalent, extract_answer, parse_reference
-from datagen.steps.base import Scope, StageConfigBase, Step, group_ids, verdict
+from datagen.steps.base import Scope, StageConfigBase, Step, group_ids
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 AGREEMENT_BINS = [0.2, 0.4, 0.6, 0.8]
