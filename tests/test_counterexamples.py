@@ -189,7 +189,11 @@ def test_plan_allocates_the_budget_in_proportion_and_severity_shifts_it(tmp_path
     assert shifted[PERCENT]["severity"] == 3.0 and shifted[PERCENT]["weight"] == 60.0
 
 
-def test_plan_errors_name_the_file_and_column(tmp_path):
+def test_plan_errors_name_the_file_and_column(tmp_path, monkeypatch):
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("bad input is refused before the encoder loads")
+
+    monkeypatch.setattr("datagen.counterexamples.plan.load_encoder", no_encoder)
     zero = planted(tmp_path / "zero.jsonl", {OFF_BY_ONE: 3, UNITS: 3}, {OFF_BY_ONE: 0.0, UNITS: 0.0})
     with pytest.raises(DatagenError, match=r"zero\.jsonl: severity: every weight is zero"):
         make_plan(InputConfig(failures=str(zero)), 10, seed=0)
