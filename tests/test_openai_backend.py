@@ -591,10 +591,10 @@ def test_the_ray_executor_keeps_a_crashed_shard_unfinished_too(project, fake):
 
 
 def test_the_next_shard_is_sent_while_the_current_one_waits_for_its_last_answer(project, fake):
-    """The first request takes 3 s; the other requests of its shard are answered at once, and the
+    """The first request takes 1.5 s; the other requests of its shard are answered at once, and the
     next shard's requests go out before that one answer comes back: the shard boundary does not
     leave the server idle. Every prompt's samples still arrive exactly once, in their shards."""
-    server = fake().start("--slow-first", "3")
+    server = fake().start("--slow-first", "1.5")
     recipe, out = fake_recipe(project, server.port, max_concurrency=2), project.root / "out"
     code, err = run_cli("run", recipe, "--out", out, "--no-progress")
     assert code == 0, err

@@ -218,8 +218,8 @@ def test_fork_bomb_is_contained_and_leaves_no_process_behind():
         time.sleep(60)
         """,
         max_processes=8,
-        cpu_seconds=2,
-        wall_seconds=3,
+        cpu_seconds=1,
+        wall_seconds=2,
     )
     sandbox_uid = int(result.stdout.split()[0])
     if sandbox_uid != os.getuid():  # a dedicated uid: forks are allowed up to RLIMIT_NPROC

@@ -322,7 +322,7 @@ def test_disk_filling_stops_at_the_quota():
 
 
 def test_memory_spread_over_children_is_bounded_for_the_whole_tree():
-    # Eight children each fill 100 MB and hold it for 3 s (all the holds overlap): a child that
+    # Eight children each fill 100 MB and hold it for 1.5 s (all the holds overlap): a child that
     # gets through exits 0; one stopped by the limit dies of a signal or a MemoryError.
     result = run(
         """
@@ -334,7 +334,7 @@ def test_memory_spread_over_children_is_bounded_for_the_whole_tree():
                 block = bytearray(100 * 2**20)
                 for i in range(0, len(block), 4096):
                     block[i] = 1
-                time.sleep(3)
+                time.sleep(1.5)
                 os._exit(0)
             kids.append(pid)
         print(sum(os.waitpid(pid, 0)[1] == 0 for pid in kids))
@@ -364,7 +364,7 @@ def test_fork_bomb_is_contained_and_leaves_no_process_behind():
                 time.sleep(0.1)
         """,
         max_processes=16,
-        wall_seconds=3,
+        wall_seconds=2,
     )
     assert result.status in ("timeout", "killed", "failed")
     uid = int(result.stdout.split()[0])
