@@ -100,14 +100,19 @@ def test_set_values_are_checked_and_never_echoed(project, override, field):
 
 
 def test_ordinary_recipes_are_not_mistaken_for_secrets(project):
-    load_recipe(recipe_with(project, backend=OPENAI | {
-        "model": "meta-llama/Llama-3.1-8B-Instruct", "api_key_env": "OPENAI_API_KEY",
-        "extra_body": {"top_k": 20, "return_token_ids": True, "skip_special_tokens": False, "stop_token_ids": [2, 3],
-                       "guided_decoding_backend": "xgrammar", "chat_template_kwargs": {"enable_thinking": False}},
-    }, description="risk-free sketches; keys go in api_key_env"))
-    load_recipe(recipe_with(project, backend={"kind": "vllm", "model": "embedded", "engine": {"tokenizer_mode": "auto", "max_num_batched_tokens": 4096}}))
-    for path in PIPELINES.glob("*.yaml"):
-        load_recipe(path)
+    """Token-ish field names and values (tokens, keys, ids) that hold no secret load as written."""
+    extra = {"top_k": 20, "return_token_ids": True, "skip_special_tokens": False, "stop_token_ids": [2, 3],
+             "guided_decoding_backend": "xgrammar", "chat_template_kwargs": {"enable_thinking": False}}
+    remote = load_recipe(recipe_with(project, backend=OPENAI | {
+        "model": "meta-llama/Llama-3.1-8B-Instruct", "api_key_env": "OPENAI_API_KEY", "extra_body": extra,
+    }, description="risk-free sketches; keys go in api_key_env")).recipe
+    assert remote.backend.extra_body == extra and remote.backend.api_key_env == "OPENAI_API_KEY"
+    assert remote.description == "risk-free sketches; keys go in api_key_env"
+    engine = {"tokenizer_mode": "auto", "max_num_batched_tokens": 4096}
+    local = load_recipe(recipe_with(project, backend={"kind": "vllm", "model": "embedded", "engine": engine})).recipe
+    assert local.backend.engine == engine
+    shipped = sorted(PIPELINES.glob("*.yaml"))
+    assert len(shipped) >= 10 and all(load_recipe(path).recipe.name for path in shipped)
 
 
 def test_no_output_of_a_run_holds_the_key(project, tmp_path, monkeypatch):
