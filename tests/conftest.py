@@ -77,7 +77,8 @@ def pytest_collection_modifyitems(config, items):
     the end. A test's cost is its time in the last run that measured it, else a rough cost by
     marker; a file's cost is the sum over its selected tests. The order within a file is kept, and
     tests are independent of their order, so a serial run is unchanged."""
-    measured = config.cache.get(_MEASURED, {}) if config.cache is not None else {}
+    cache = getattr(config, "cache", None)  # none under -p no:cacheprovider
+    measured = cache.get(_MEASURED, {}) if cache is not None else {}
 
     def cost(item) -> float:
         if item.nodeid in measured:
@@ -106,7 +107,7 @@ class _TestSeconds:
         self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
 
     def pytest_sessionfinish(self, session):
-        cache = session.config.cache
+        cache = getattr(session.config, "cache", None)
         if cache is None or not self.seconds:
             return
         measured = cache.get(_MEASURED, {})
