@@ -17,10 +17,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # goes to tests/__pycache__ (ignored by git).
 sys.dont_write_bytecode = False
 
-from helpers import BASE_RECIPE, PIPELINES, REPO, TEMPLATES, TINY_TEMPLATE, ModelCLI, datagen_cli, write_yaml  # noqa: E402
-
-# Re-exported for test files that still import them from conftest; new code imports from helpers.
-__all__ = ["BASE_RECIPE", "PIPELINES", "REPO", "TEMPLATES", "TINY_TEMPLATE", "datagen_cli", "write_yaml"]
+from helpers import BASE_RECIPE, TINY_TEMPLATE, ModelCLI, write_yaml  # noqa: E402
 
 
 @pytest.fixture

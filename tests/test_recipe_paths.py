@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import datagen_cli
+from helpers import datagen_cli
 from datagen.cli import main
 from datagen.errors import DatagenError
 from datagen.recipe import load_recipe

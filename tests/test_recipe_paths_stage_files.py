@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import write_yaml
+from helpers import write_yaml
 from datagen.errors import DatagenError
 from datagen.recipe import load_recipe
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from conftest import TINY_TEMPLATE, datagen_cli, write_yaml
+from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
 from datagen.llm.scripted import ScriptedBackend
 from datagen.errors import DatagenError
 from datagen.run.executor import run_pipeline

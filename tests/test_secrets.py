@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BASE_RECIPE, PIPELINES, write_yaml
+from helpers import BASE_RECIPE, PIPELINES, write_yaml
 from datagen.errors import DatagenError
 from datagen.recipe import load_recipe
 from test_openai_backend import FakeServer, free_port, run_cli

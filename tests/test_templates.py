@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEMPLATES, TINY_TEMPLATE, write_yaml
-from helpers import PIPELINES
+from helpers import PIPELINES, TEMPLATES, TINY_TEMPLATE, write_yaml
 from datagen.errors import DatagenError
 from datagen.sources.templates import _all_combinations, expand, load_template, select_combinations
 

@@ -17,7 +17,7 @@ from datagen.run.executor import run_pipeline
 from datagen.recipe import load_recipe
 from datagen.steps.verify import VerifyConfig, extract_code
 
-from conftest import REPO, TEMPLATES, write_yaml
+from helpers import REPO, TEMPLATES, write_yaml
 
 COLUMNS = {"prompt_id": pl.String, "template_id": pl.String, "completion": pl.String, "reference": pl.String, "tests": pl.String}
 PY_TASKS = {task["id"]: task for task in yaml.safe_load((TEMPLATES / "python_functions.yaml").read_text())["slots"]["task"]}
