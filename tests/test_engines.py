@@ -5,6 +5,7 @@ generator's was closed; engine settings that differ make another engine, the eng
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import polars as pl
@@ -35,6 +36,9 @@ class Engines:
             def close(self) -> None:
                 super().close()
                 events.append(("close", model))
+
+            def reset_prefix_cache(self) -> None:
+                events.append(("forget", model))
 
         def reply(request, index):
             if request.json_schema is not None:
@@ -90,13 +94,45 @@ def test_a_pool_the_caller_keeps_serves_the_next_run_without_another_start(proje
     with EnginePool(start=engines) as pool:
         first = run_pipeline(recipe(project, "org/model-a"), project.root / "first", progress=False, engines=pool)
         second = run_pipeline(recipe(project, "org/model-a"), project.root / "second", progress=False, engines=pool)
-        assert engines.events == [("open", "org/model-a")] and pool.loads == 1
+        assert engines.events == [("open", "org/model-a"), ("forget", "org/model-a")] and pool.loads == 1, \
+            "the second run finds the engine open and empties its prefix cache"
         third = run_pipeline(recipe(project, "org/model-b"), project.root / "third", progress=False, engines=pool)
-        assert engines.events == [("open", "org/model-a"), ("close", "org/model-a"), ("open", "org/model-b")], \
+        assert engines.events[2:] == [("forget", "org/model-a"), ("close", "org/model-a"), ("open", "org/model-b")], \
             "a run that needs another model closes the kept one first"
     assert engines.events[-1] == ("close", "org/model-b")
     assert first.rows_written == second.rows_written == third.rows_written == 12
     assert judged(project.root / "second").height == 12 and (judged(project.root / "third")["judge_rationale"] == "judged by org/model-b").all()
+
+
+def test_each_run_on_a_kept_engine_writes_its_engine_output_to_its_own_log(project):
+    calls = iter(range(1000))
+
+    class Writing(ScriptedModel):
+        def generate(self, requests, sampling):
+            os.write(1, f"engine call {next(calls)}\n".encode())  # as a native library writes
+            return super().generate(requests, sampling)
+
+    with EnginePool(start=lambda config: Writing()) as pool:
+        for name in ("first", "second"):
+            run_pipeline(recipe(project, "org/model-a"), project.root / name, progress=False, engines=pool)
+    first, second = ((project.root / name / "run" / "engine.log").read_text().split() for name in ("first", "second"))
+    assert "call" in first and "call" in second, "each run's log has what the engine wrote during it"
+    assert not set(first) & set(second) - {"engine", "call"}, "no call of one run is in the other's log"
+
+
+def test_a_failed_run_closes_the_kept_engines(project):
+    engines = Engines()
+
+    def start(config):
+        engine = engines(config)
+        engine.generate = lambda requests, sampling: (_ for _ in ()).throw(KeyboardInterrupt())
+        return engine
+
+    with EnginePool(start=start) as pool:
+        with pytest.raises(KeyboardInterrupt):
+            run_pipeline(recipe(project, "org/model-a"), project.root / "out", progress=False, engines=pool)
+        assert engines.events == [("open", "org/model-a"), ("close", "org/model-a")] and not pool.engines, \
+            "an engine a failed run used is not handed to the next run"
 
 
 def test_other_engine_settings_are_another_engine_the_seed_is_not(project):

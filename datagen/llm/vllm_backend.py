@@ -178,6 +178,10 @@ class VLLMBackend:
             if owner:  # closed early (an error, Ctrl-C): nothing of the unfinished batches stays queued
                 engine.abort_request([inner[r] for r in owner], internal=True)
 
+    def reset_prefix_cache(self) -> None:
+        """Forget the prompt blocks cached by earlier requests (datagen.run.engines.EnginePool.forget)."""
+        self.llm.reset_prefix_cache()
+
     def close(self) -> None:
         """Stop the engine and give its memory back before another engine starts: vLLM frees
         (GPU) memory reliably only after its engine core is shut down and collected."""

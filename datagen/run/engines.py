@@ -39,7 +39,9 @@ class EnginePool:
 
     @contextmanager
     def routed_to(self, output: EngineOutput) -> Iterator["EnginePool"]:
-        """Engine output goes to `output` inside (one run's engine.log), to the pool's own after."""
+        """Engine output goes to `output` inside (one run's engine.log), to the pool's own after.
+        What an engine writes from a process of its own (vLLM's engine core on GPU) goes where
+        that process's output went when it started: the log of the run that started the engine."""
         previous, self.output = self.output, output
         try:
             yield self
@@ -58,6 +60,16 @@ class EnginePool:
             self.engines[key] = engine
             self.loads += 1
         return Lease(self, key, engine)
+
+    def forget(self) -> None:
+        """Empty the prefix cache of every open engine that keeps one (vLLM), so that a run on a
+        kept engine is batched as on a fresh one: cached prompt blocks change the batches' shapes,
+        and with them (on CPU, in bfloat16) a near-tie token now and then."""
+        for engine in self.engines.values():
+            reset = getattr(engine, "reset_prefix_cache", None)
+            if reset is not None:
+                with self.output.routed():
+                    reset()
 
     def opener(self, config: BackendConfig, opener: Callable[[], Backend]) -> Callable[[], Backend]:
         """An opener (what the executor's runners call) that leases from the pool."""

@@ -162,8 +162,9 @@ def run_pipeline(
     verbose: bool = False,
 ) -> RunResult:
     """`engines`: an engine pool the caller owns and keeps open across runs (a notebook or a test
-    session running several recipes of one model starts its engine once); the run leaves its
-    engines open. Default: a pool of the run's own, closed when the run ends. Either way, what the
+    session running several recipes of one model starts its engine once); the run starts by
+    emptying their prefix caches and leaves them open, unless it fails (then it closes them).
+    Default: a pool of the run's own, closed when the run ends. Either way, what the
     engines print goes to OUT/run/engine.log during the run unless `verbose`. `backend_factory`
     opens the generator's backend outside the pool (tests, benchmarks)."""
     runner = runner or LocalRunner()
@@ -181,8 +182,14 @@ def run_pipeline(
             backend_factory = engines.opener(loaded.recipe.backend, partial(open_backend, loaded.recipe.backend, loaded.recipe.sampling_seed, loaded.path))
     try:
         with engines.routed_to(EngineOutput(None if verbose else run.root / "engine.log")):
+            if not owned:
+                engines.forget()
             try:
                 return _run(loaded, run, manifest, prompts, stages, runner, backend_factory, progress)
+            except BaseException:
+                if not owned:  # an engine the failed run used may be in any state: the next run starts its own
+                    engines.close()
+                raise
             finally:
                 if owned:
                     engines.close()
