@@ -109,12 +109,14 @@ def start_local_ray() -> None:
 
 @contextmanager
 def every_core() -> Iterator[None]:
-    """Processes started inside may run on every core (this process's own share is restored after)."""
+    """Processes started inside may run on every core the test run was given (an xdist worker's
+    controller keeps them all, a `taskset` included); this process's own share is restored after."""
     if not hasattr(os, "sched_setaffinity"):
         yield
         return
     share = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    given = os.sched_getaffinity(os.getppid()) if os.environ.get("PYTEST_XDIST_WORKER") else share
+    os.sched_setaffinity(0, given)
     try:
         yield
     finally:
@@ -140,9 +142,12 @@ class ModelCLI:
         if lib.exists():
             os.environ["LD_PRELOAD"] = ":".join(filter(None, [str(lib), saved["LD_PRELOAD"]]))
         os.environ["DATAGEN_NO_REEXEC"] = "1"
+        self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_engines)
         try:  # the environment is read when the process starts: at the first call
-            self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_engines)
             self.executor.submit(os.getpid).result(timeout=120)
+        except BaseException:
+            self._stop()
+            raise
         finally:
             for name, value in saved.items():
                 if value is None:
@@ -151,12 +156,31 @@ class ModelCLI:
                     os.environ[name] = value
 
     def __call__(self, *args: Any, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-        code, out, err = self.executor.submit(_run_with_engines, [str(a) for a in args], str(cwd) if cwd else None).result(timeout=timeout)
+        """Raises TimeoutError after `timeout` seconds, having stopped the process (its run with it):
+        later calls fail rather than queue behind a run that never ends."""
+        future = self.executor.submit(_run_with_engines, [str(a) for a in args], str(cwd) if cwd else None)
+        try:
+            code, out, err = future.result(timeout=timeout)
+        except TimeoutError:
+            self._stop()
+            raise
         return subprocess.CompletedProcess(list(args), code, out, err)
 
     def close(self) -> None:
-        self.executor.submit(_close_engines).result(timeout=120)
-        self.executor.shutdown()
+        """Closes the engines, then the process (stopped if it does not answer in 120 s)."""
+        try:
+            self.executor.submit(_close_engines).result(timeout=120)
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        processes = list((getattr(self.executor, "_processes", None) or {}).values())
+        self.executor.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
+                process.join()
 
 
 _ENGINES = None  # the EnginePool of a ModelCLI process (set there by its initializer)
@@ -164,6 +188,10 @@ _ENGINES = None  # the EnginePool of a ModelCLI process (set there by its initia
 
 def _open_engines() -> None:
     global _ENGINES
+    # vLLM's loggers write to the sys.stdout they find at import: imported here, before any call
+    # redirects sys.stdout, they keep the process's own (whose descriptor each run routes to its
+    # engine.log).
+    import vllm  # noqa: F401
     from datagen.run.engines import EnginePool
 
     _ENGINES = EnginePool()
