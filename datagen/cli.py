@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -110,19 +111,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _ensure_openmp_preload() -> None:
-    """vLLM's CPU build needs Intel OpenMP preloaded before Python starts (15x throughput swing
-    without it), so re-execute once with LD_PRELOAD set when the library is in this environment."""
+def openmp_preload(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables to add to `environ` so that a Python process started with them has Intel
+    OpenMP preloaded, as vLLM's CPU build needs before Python starts (15x throughput swing without
+    it), and is marked as re-executed (DATAGEN_NO_REEXEC); {} when this environment has no
+    libiomp5 or `environ` preloads it already."""
     lib = Path(sys.prefix) / "lib" / "libiomp5.so"
-    if not lib.exists() or str(lib) in os.environ.get("LD_PRELOAD", "") or os.environ.get("DATAGEN_NO_REEXEC"):
+    if not lib.exists() or str(lib) in environ.get("LD_PRELOAD", ""):
+        return {}
+    return {"LD_PRELOAD": ":".join(filter(None, [str(lib), environ.get("LD_PRELOAD")])), "DATAGEN_NO_REEXEC": "1"}
+
+
+def _ensure_openmp_preload() -> None:
+    """Re-execute once with Intel OpenMP preloaded (openmp_preload) when vLLM's CPU build runs here."""
+    preload = {} if os.environ.get("DATAGEN_NO_REEXEC") else openmp_preload(os.environ)
+    if not preload:
         return
     from datagen.llm.vllm_backend import is_cpu_build
 
     if not is_cpu_build():
         return
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = ":".join(filter(None, [str(lib), env.get("LD_PRELOAD")]))
-    env["DATAGEN_NO_REEXEC"] = "1"
+    env = dict(os.environ) | preload
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "datagen", *sys.argv[1:]], env)

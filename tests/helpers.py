@@ -128,7 +128,7 @@ class ModelCLI:
     between calls (datagen.cli.main with an EnginePool): a CLI run of the embedded model spends
     20-26 s starting Python, torch, vLLM and the engine, so a test session pays that once, not per
     run. The process starts with Intel OpenMP preloaded, as the `datagen` command re-executes
-    itself to run vLLM's CPU build (datagen.cli._ensure_openmp_preload), and holds vLLM away from
+    itself to run vLLM's CPU build (datagen.cli.openmp_preload), and holds vLLM away from
     the test process (its thread binding, 2-3 GB). Call it as `datagen_cli` is called; it returns
     the same CompletedProcess. Keep true `datagen_cli` runs where the process itself is under test
     (a kill, the console, the quickstart a user runs)."""
@@ -137,11 +137,11 @@ class ModelCLI:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        lib = Path(sys.prefix) / "lib" / "libiomp5.so"
-        saved = {name: os.environ.get(name) for name in ("LD_PRELOAD", "DATAGEN_NO_REEXEC")}
-        if lib.exists():
-            os.environ["LD_PRELOAD"] = ":".join(filter(None, [str(lib), saved["LD_PRELOAD"]]))
-        os.environ["DATAGEN_NO_REEXEC"] = "1"
+        from datagen.cli import openmp_preload
+
+        preload = openmp_preload(os.environ)
+        saved = {name: os.environ.get(name) for name in preload}
+        os.environ.update(preload)
         self.executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_open_engines)
         try:  # the environment is read when the process starts: at the first call
             self.executor.submit(os.getpid).result(timeout=120)
