@@ -123,9 +123,12 @@ def test_each_run_on_a_kept_engine_writes_its_engine_output_to_its_own_log(proje
 def test_a_failed_run_closes_the_kept_engines(project):
     engines = Engines()
 
+    def interrupted(requests, sampling):
+        raise KeyboardInterrupt
+
     def start(config):
         engine = engines(config)
-        engine.generate = lambda requests, sampling: (_ for _ in ()).throw(KeyboardInterrupt())
+        engine.generate = interrupted
         return engine
 
     with EnginePool(start=start) as pool:

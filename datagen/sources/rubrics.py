@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from pydantic import Field, ValidationInfo, field_validator
 
 from datagen.rows import StrictModel
