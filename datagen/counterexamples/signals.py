@@ -22,6 +22,7 @@ import numpy as np
 from datagen.counterexamples.structure import change_vector
 from datagen.steps.verify import fenced_blocks
 from datagen.text.embeddings import encode
+from datagen.text.python_syntax import parse_python
 
 COMPONENTS = ("prompt", "output", "expected", "changed_tokens", "changed_lines", "change_kinds", "diagnosis")
 VECTOR_COMPONENTS = ("change_kinds",)  # computed, not embedded: component_vectors
@@ -41,7 +42,7 @@ def looks_like_code(text: str | None) -> bool:
     """True when the text holds Python that defines a function or class (fenced or bare)."""
     source = code_of(text)
     try:
-        tree = ast.parse(source)
+        tree = parse_python(source)
     except (SyntaxError, ValueError):
         return False
     return any(isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) for node in ast.walk(tree))

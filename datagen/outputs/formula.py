@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from datagen.text.python_syntax import parse_python
+
 MAX_CHARS = 1000
 MAX_NODES = 300
 FUNCTIONS = {"min": (2, None), "max": (2, None), "abs": (1, 1), "sqrt": (1, 1), "log": (1, 1), "exp": (1, 1), "clip": (3, 3), "coalesce": (2, None)}
@@ -81,7 +83,7 @@ def parse_formula(text: str) -> Formula:
     if len(text) > MAX_CHARS:
         raise FormulaError(f"the formula is {len(text)} characters long, more than {MAX_CHARS}")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        tree = parse_python(text.strip(), mode="eval")
     except SyntaxError as err:
         raise FormulaError(f"{_shown(text)} is not a formula: {err.msg}") from None
     except (RecursionError, MemoryError, ValueError):

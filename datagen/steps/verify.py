@@ -30,6 +30,7 @@ from datagen.steps.sandbox.suite import Suite, TestsError
 from datagen.rows import StrictModel
 from datagen.steps.base import COLUMN, StageConfigBase, Step
 from datagen.text.normalize import normalize as normalize_text
+from datagen.text.python_syntax import parse_python
 
 
 @dataclass(frozen=True)
@@ -261,7 +262,7 @@ SANDBOX_REASONS = {"failed": "tests_failed", "timeout": "timeout", "memory": "me
 
 def _syntax_tree(code: str) -> ast.Module | None:
     try:
-        return ast.parse(code)
+        return parse_python(code)
     except (SyntaxError, ValueError):
         return None
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from datagen.steps.sandbox import CallOutcome, values
+from datagen.text.python_syntax import parse_python
 
 MAX_CALLS = 10_000  # distinct candidate calls one suite may ask for
 MAX_ITEMS = 1_000_000  # largest range / repetition the tests may build
@@ -130,7 +131,7 @@ class Suite:
 
     def __init__(self, source: str):
         try:
-            tree = ast.parse(source)
+            tree = parse_python(source)
         except (SyntaxError, ValueError) as err:
             raise TestsError(f"the tests are not valid Python: {err}") from None
         self.source = source
