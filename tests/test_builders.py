@@ -137,9 +137,21 @@ def test_score_margin_skips_ties_small_margins_and_unscored_rows():
     rows += scored("unscored", [None, None], [True, True]) + scored("exact", [7 / 3, 4 / 3], [True, True])
     pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="score_margin"))
     assert pairs["prompt_id"].to_list() == ["exact"], "a margin of exactly min_margin counts despite float rounding"
-    assert dict(tally.without_pairs) == {"below_margin": 2, "no_chosen": 1}
+    assert dict(tally.without_pairs) == {"below_margin": 2, "unscored": 1}
     zero, _ = build_pairs(frame(scored("tied", [3.0, 3.0], [True, True])), PairsConfig(strategy="score_margin", min_margin=0))
     assert zero.height == 0, "equal scores never make a pair"
+
+
+def test_score_margin_says_why_a_prompt_gave_no_pair_in_its_own_terms():
+    # a survivor without a score next to a scored one: one score, nothing to compare it with
+    rows = scored("one", [4.0, None], [True, True])
+    # both scored, the better one dropped later and the worse one too: no chosen side
+    rows += scored("dropped", [4.0, 1.0], [False, False])
+    # survivors, none scored (the judge never answered for them)
+    rows += scored("none", [None, None, None], [True, True, False])
+    pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="score_margin"))
+    assert pairs.height == 0
+    assert dict(tally.without_pairs) == {"one_scored": 1, "no_chosen": 1, "unscored": 1}
 
 
 def test_score_margin_reads_a_custom_score_column_and_reports_a_missing_one():
@@ -176,6 +188,29 @@ def test_pairwise_uses_only_order_consistent_wins_of_alive_candidates():
     ties_only = [r | {"prompt_id": "q", "keep": True} for r in rows[2:3]]
     empty, tally = build_pairs(frame(ties_only), PairsConfig(strategy="pairwise"))
     assert empty.height == 0 and dict(tally.without_pairs) == {"no_consistent_win": 1}
+
+    # survivors the judge never compared (the prompt had one candidate left) vs no survivor at all
+    alone = [{"prompt_id": "alone", "candidate_id": "e", "completion": RIGHT, "keep": True, "judge_win_rate": None, "judge_comparisons": None}]
+    gone = [r | {"prompt_id": "gone", "candidate_id": r["candidate_id"] + "2", "keep": False} for r in rows[:2]]
+    empty, tally = build_pairs(frame(alone + gone), PairsConfig(strategy="pairwise"))
+    assert empty.height == 0 and dict(tally.without_pairs) == {"not_compared": 1, "no_chosen": 1}
+
+
+def test_every_reason_a_strategy_gives_for_no_pair_is_explained():
+    import ast
+    import inspect
+
+    from datagen.outputs.pairs import STRATEGIES
+    from datagen.report.view import NO_PAIR_REASONS
+
+    returned = set()
+    for strategy in STRATEGIES.values():
+        for node in ast.walk(ast.parse(inspect.getsource(strategy))):
+            value = node.value if isinstance(node, ast.Return) else None
+            branches = [value.body, value.orelse] if isinstance(value, ast.IfExp) else [value]
+            returned |= {b.value for b in branches if isinstance(b, ast.Constant) and isinstance(b.value, str)}
+    assert {"no_chosen", "unscored", "one_scored", "not_compared", "no_minority"} <= returned
+    assert sorted(returned - set(NO_PAIR_REASONS)) == []
 
 
 # --- critique_revision ---------------------------------------------------------------------------

@@ -119,10 +119,12 @@ def score_margin(shard: Shard, rows: list[int], config: PairsConfig) -> list[Opt
     reasons = shard.column(f"{label}_reason") if f"{label}_reason" in shard.frame.columns else [None] * len(shard.ids)
     scored = [i for i in rows if scores[i] is not None]
     chosen = [i for i in scored if shard.alive[i]]
+    if not scored:
+        return "unscored"
     if not chosen:
         return "no_chosen"
     if len(scored) < 2:
-        return "no_rejected"
+        return "one_scored"
     options = []
     for c in chosen:
         for r in scored:
@@ -144,7 +146,7 @@ def pairwise(shard: Shard, rows: list[int], config: PairsConfig) -> list[Option]
     by_id = {shard.ids[i]: i for i in rows}
     chosen = [i for i in rows if shard.alive[i] and comparisons[i]]
     if not chosen:
-        return "no_chosen"
+        return "no_chosen" if not any(shard.alive[i] for i in rows) else "not_compared"
     options = []
     for c in chosen:
         items = comparisons[c] if isinstance(comparisons[c], list) else json.loads(comparisons[c])

@@ -139,7 +139,10 @@ def text_of(value: Any) -> str:
 NO_PAIR_REASONS = {
     "no_chosen": "no candidate of the prompt survived every stage, so there is no chosen side",
     "no_rejected": "no candidate failed the deciding stage (or its failures were broken checks), so there is no rejected side",
+    "unscored": "no candidate of the prompt has a score in the score column",
+    "one_scored": "only one candidate of the prompt has a score, so there is nothing to compare it with",
     "below_margin": "the best and worst scores differ by less than min_margin",
+    "not_compared": "no surviving candidate was compared with another (fewer than two candidates reached the pairwise judge)",
     "no_consistent_win": "no comparison had a winner in both orders (ties or order-dependent verdicts)",
     "no_revision": "no revision: the revise stage failed or its revisions were degenerate",
     "not_a_correction": "the row is not a correction of a failure",
