@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from datagen.errors import DatagenError
+from datagen.report.sections.vote import VoteSection
 from datagen.run.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
 from datagen.steps.vote import VoteConfig, pass_at_k
@@ -157,12 +158,24 @@ def test_summary_counts_only_voted_rows_and_flags_shared_misconceptions():
         "prompts_with_reference": 3,
         "mean_pass_rate": round((1 / 3 + 1 + 0) / 3, 4),
         "pass_at_k": {"pass@1": round((1 / 3 + 1 + 0) / 3, 4), "pass@3": round((1 + 1 + 0) / 3, 4)},
+        "pass_at_k_prompts": {"pass@1": 3, "pass@3": 3},
         "majority_accuracy": round(1 / 3, 4),
         "all_pass": 1,
         "all_fail": 1,
         "majority_wrong_some_right": 1,
     }
     json.dumps(summary)  # it goes into the manifest
+
+
+def test_pass_at_k_says_over_how_many_prompts_it_averages():
+    batch = candidates({"four": ("3", ["Answer: 3", "Answer: 4", "Answer: 3", "Answer: 5"]), "two": ("3", ["Answer: 3", "Answer: 3"])})
+    stage = VoteConfig(ks=[1, 4]).build()
+    summary = stage.summarize(apply_stage(stage, batch).lazy())
+    # pass@1: 2 of 4 right, 2 of 2 right; pass@4 only for the prompt with 4 samples, 1 - C(2, 4) / C(4, 4)
+    assert summary["pass_at_k"] == {"pass@1": round((2 / 4 + 2 / 2) / 2, 4), "pass@4": 1.0}
+    assert summary["pass_at_k_prompts"] == {"pass@1": 2, "pass@4": 1}
+    headline = VoteSection().headline(summary)
+    assert headline.startswith("pass@1 75.0%, pass@4 100.0% (over 1 prompt);"), headline
 
 
 def test_bad_vote_config_is_a_validation_error(project):
@@ -244,9 +257,11 @@ def test_pipeline_reports_agreement_and_pass_at_k(project):
     assert summary["majority_wrong_some_right"] == misled
     assert summary["mean_agreement"] == round(sum(agreements) / len(agreements), 4)
     assert summary["pass_at_k"] == {"pass@1": round(sum(pass_at[1]) / 4, 4), "pass@4": round(sum(pass_at[4]) / 4, 4), "pass@16": None}
+    assert summary["pass_at_k_prompts"] == {"pass@1": 4, "pass@4": 4, "pass@16": 0}, "no prompt has 16 samples"
 
     card = (out / "README.md").read_text()
     assert "### vote" in card and f"mean_agreement: {summary['mean_agreement']}" in card
     assert f"pass@4: {summary['pass_at_k']['pass@4']}" in card
+    assert "pass@16 - (over 0 prompts)" in card and "pass@4 (over" not in card
     kept = datasets.load_dataset(str(out), split="train")
     assert {"vote_agreement", "vote_majority", "vote_pass_at_4"} <= set(kept.column_names)

@@ -244,8 +244,9 @@ class VoteStage(Step):
             "agreement_histogram": histogram,
             "prompts_with_reference": referenced.height,
             "mean_pass_rate": mean(referenced[f"{L}_pass_rate"]),
-            # averaged over the prompts with a reference and at least k samples
+            # averaged over the prompts with a reference and at least k samples: pass_at_k_prompts of them
             "pass_at_k": {f"pass@{k}": mean(referenced[f"{L}_pass_at_{k}"]) for k in self.config.ks},
+            "pass_at_k_prompts": {f"pass@{k}": int(referenced[f"{L}_pass_at_{k}"].is_not_null().sum()) for k in self.config.ks},
             "majority_accuracy": mean(referenced["majority_right"].cast(pl.Float64)),
             "all_pass": int((referenced[f"{L}_pass_rate"] == 1.0).sum()),
             "all_fail": int((referenced[f"{L}_pass_rate"] == 0.0).sum()),
