@@ -137,6 +137,7 @@ def test_score_margin_skips_ties_small_margins_and_unscored_rows():
     rows += scored("unscored", [None, None], [True, True]) + scored("exact", [7 / 3, 4 / 3], [True, True])
     pairs, tally = build_pairs(frame(rows), PairsConfig(strategy="score_margin"))
     assert pairs["prompt_id"].to_list() == ["exact"], "a margin of exactly min_margin counts despite float rounding"
+    assert pairs["margin"].to_list() == [1.0], "the margin column holds the difference compared, 7/3 - 4/3 = 1"
     assert dict(tally.without_pairs) == {"below_margin": 2, "unscored": 1}
     zero, _ = build_pairs(frame(scored("tied", [3.0, 3.0], [True, True])), PairsConfig(strategy="score_margin", min_margin=0))
     assert zero.height == 0, "equal scores never make a pair"

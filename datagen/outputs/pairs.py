@@ -112,6 +112,12 @@ def verified(shard: Shard, rows: list[int], config: PairsConfig) -> list[Option]
     return [Option(Side(c, COMPLETION, None, "keep"), Side(r, COMPLETION, None, reasons[r])) for c in chosen for r in rejected]
 
 
+def score_difference(chosen: float, rejected: float) -> float:
+    """chosen - rejected rounded to 9 decimals: weighted means such as 7/3 - 4/3 must not miss a
+    margin of 1 by a rounding error, and the pair's `margin` column holds the value compared."""
+    return round(chosen - rejected, 9)
+
+
 def score_margin(shard: Shard, rows: list[int], config: PairsConfig) -> list[Option] | str:
     """Best vs worst score, widest margin first; only margins of at least min_margin (and above 0)."""
     label = config.stage_label
@@ -128,8 +134,7 @@ def score_margin(shard: Shard, rows: list[int], config: PairsConfig) -> list[Opt
     options = []
     for c in chosen:
         for r in scored:
-            # Rounded: weighted means such as 7/3 - 4/3 must not miss a margin of 1 by a rounding error.
-            margin = round(float(scores[c]) - float(scores[r]), 9)
+            margin = score_difference(float(scores[c]), float(scores[r]))
             if c != r and margin > 0 and margin >= config.min_margin:
                 chosen_side = Side(c, COMPLETION, float(scores[c]), reasons[c] or "keep")
                 options.append((margin, Option(chosen_side, Side(r, COMPLETION, float(scores[r]), reasons[r] or "keep"))))
@@ -302,7 +307,7 @@ def build_pairs(candidates: pl.DataFrame, config: PairsConfig) -> tuple[pl.DataF
     for option in picked:
         tally.deltas.append(len(shard.text(option.chosen)) - len(shard.text(option.rejected)))
         if option.chosen.score is not None and option.rejected.score is not None:
-            tally.margins.append(option.chosen.score - option.rejected.score)
+            tally.margins.append(score_difference(option.chosen.score, option.rejected.score))
     return pair_rows(shard, picked, config), tally
 
 
@@ -334,7 +339,7 @@ def pair_rows(shard: Shard, picked: list[Option], config: PairsConfig) -> pl.Dat
             "rejected_id": shard.ids[r.row],
             "chosen_score": c.score,
             "rejected_score": r.score,
-            "margin": c.score - r.score if c.score is not None and r.score is not None else None,
+            "margin": score_difference(c.score, r.score) if c.score is not None and r.score is not None else None,
             "chosen_verdict": c.verdict,
             "rejected_verdict": r.verdict,
         }
