@@ -95,6 +95,19 @@ def test_sleep_is_stopped_by_the_wall_limit():
     assert result.stdout.strip() == "/tmp", "the working dir is the sandbox's own tmpfs"
 
 
+@pytest.mark.parametrize("pidfd", [True, False], ids=["pidfd", "no pidfd"])
+def test_the_end_of_a_run_is_seen_with_or_without_a_pidfd(monkeypatch, pidfd):
+    # Without pidfds (an old kernel, a seccomp policy) the sandbox polls for the exit instead.
+    if not pidfd:
+        def refused(pid, flags=0):
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(os, "pidfd_open", refused)
+    quick = run("print(6 * 7)")
+    assert (quick.status, quick.stdout.strip()) == ("passed", "42")
+    slow = run("import time\nprint('started', flush=True)\ntime.sleep(100)", wall_seconds=1)
+    assert (slow.status, slow.stdout.strip()) == ("timeout", "started") and 1 <= slow.seconds < 5
+
+
 @pytest.mark.parametrize(
     "code",
     [
