@@ -13,6 +13,7 @@ from datagen.errors import DatagenError
 from datagen.report.sections.vote import VoteSection
 from datagen.run.executor import apply_stage, run_pipeline
 from datagen.recipe import load_recipe
+from datagen.steps.verify import VerifyConfig
 from datagen.steps.vote import VoteConfig, pass_at_k
 
 from helpers import candidate_frame, write_yaml
@@ -176,6 +177,34 @@ def test_pass_at_k_says_over_how_many_prompts_it_averages():
     assert summary["pass_at_k_prompts"] == {"pass@1": 2, "pass@4": 1}
     headline = VoteSection().headline(summary)
     assert headline.startswith("pass@1 75.0%, pass@4 100.0% (over 1 prompt);"), headline
+
+
+# Answers as a model writes them in running text or in a box. Some read differently as a reference
+# than as an extracted answer: "1 (1)" at the end of a sentence answers 1, a reference "1 (1)" is
+# the mixed number 2.
+SAMPLES = {
+    "mixed_number_like": ["So, the answer is 1 (1).", "The correct answer is 1.", "So, the answer is 4000.", "So, the answer is 10."],
+    "in_parentheses": ["so it is 3 (4 - 1)", "the answer is 2 (3)", "Answer: \\boxed{2}", "\\boxed{3}"],
+    "radicals": ["\\boxed{2\\sqrt{2}}", "It is \\boxed{\\sqrt{8}}.", "\\boxed{3}"],
+    "percent": ["\\boxed{50\\%}", "\\boxed{0.5}", "The answer is 1/2.", "\\boxed{5}"],
+    "plus_minus": ["\\boxed{\\pm 2}", "\\boxed{\\{-2, 2\\}}", "x = 2", "no idea"],
+    "grouped_digits": ["The final answer is 1 200", "\\boxed{1,200}", "\\boxed{12}"],
+}
+
+
+@pytest.mark.parametrize("column", ["vote_majority", "vote_answer"])
+def test_verify_against_the_vote_agrees_with_the_vote(column):
+    # self_instruct_math verifies each solution against vote_majority, restyle against vote_answer:
+    # verify must keep exactly the samples the vote counted in the majority (its own answer).
+    voted = apply_stage(VoteConfig(ks=[1]).build(), candidates({p: (None, texts) for p, texts in SAMPLES.items()}))
+    config = VerifyConfig(reference_column=column, verifiers={"*": {"kind": "math"}})
+    verified = apply_stage(config.build(), voted, config)
+    answered = verified.filter(pl.col("vote_answer").is_not_null())
+    assert answered.height == sum(map(len, SAMPLES.values())) - 1, "every sample but 'no idea' has an answer"
+    expected = answered["vote_in_majority"] if column == "vote_majority" else pl.Series([True] * answered.height)
+    mismatched = answered.filter(pl.col("verify_keep") != expected).select("completion", "vote_answer", "vote_majority", "verify_detail")
+    assert mismatched.height == 0, mismatched.rows()
+    assert voted.filter(pl.col("prompt_id") == "mixed_number_like")["vote_in_majority"].to_list() == [True, True, False, False]
 
 
 def test_bad_vote_config_is_a_validation_error(project):

@@ -6,6 +6,12 @@ it lowers the agreement and the pass rate) but never in a vote. All figures are 
 still alive when this stage runs; `<label>_n` records how many that was, so put `vote` before
 filters that drop samples by content if the pass rate should describe the raw generator.
 
+`<label>_answer` and `<label>_majority` hold each answer written as a reference
+(datagen.text.answers.reference_text): the extracted text when a reference reads it back as the
+same value, else its LaTeX; so `verify` with `reference_column: <label>_majority` keeps exactly the
+samples the vote counted in the majority. ("so the answer is 1 (1)." is written 1: as a reference
+"1 (1)" would be the mixed number 2.)
+
 A shared misconception can win a vote, which is why agreement is reported next to correctness and
 the summary counts prompts whose majority is wrong although some sample is right.
 """
@@ -20,7 +26,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator, model_validator
 
-from datagen.text.answers import Answer, equivalent, extract_answer, parse_reference
+from datagen.text.answers import Answer, equivalent, extract_answer, parse_reference, reference_text
 from datagen.steps.base import Scope, StageConfigBase, Step, group_ids
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -131,7 +137,7 @@ def vote(answers: list[Answer | None], sample_order: list[int], reference: str |
         answers=answers,
         in_majority=[p in members for p in range(n)],
         correct=correct,
-        majority=answers[winner[0]].text if winner else None,  # type: ignore[union-attr]
+        majority=reference_text(answers[winner[0]]) if winner else None,  # type: ignore[arg-type]
         agreement=len(winner) / n,
         pass_rate=pass_rate,
         reference_state=state,
@@ -179,10 +185,12 @@ class VoteStage(Step):
         schema = self._schema()
         columns: dict[str, list[Any]] = {name: [None] * batch.height for name in schema}
         extracted: dict[str, Answer | None] = {}
+        written: dict[str, str | None] = {}  # each answer as a later stage would read it as a reference
         completions = batch["completion"].to_list()
         for text in completions:
             if text not in extracted:
-                extracted[text] = extract_answer(text)
+                extracted[text] = answer = extract_answer(text)
+                written[text] = reference_text(answer) if answer is not None else None
         rows_of: dict[str, list[int]] = {}
         for row, group in enumerate(group_ids(batch).to_list()):  # the samples of one prompt (or of one expanded row)
             rows_of.setdefault(group, []).append(row)
@@ -193,10 +201,9 @@ class VoteStage(Step):
             n = len(rows)
             c = sum(1 for ok in prompt.correct if ok)
             for position, row in enumerate(rows):
-                answer = prompt.answers[position]
                 reason = self._reason(prompt, position)
                 values = {
-                    f"{L}_answer": answer.text if answer is not None else None,
+                    f"{L}_answer": written[completions[row]],
                     f"{L}_majority": prompt.majority,
                     f"{L}_agreement": prompt.agreement,
                     f"{L}_in_majority": prompt.in_majority[position],

@@ -29,6 +29,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
+import sympy
 from latex2sympy2_extended.math_normalization import extract_boxed_content
 from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
 
@@ -166,6 +167,41 @@ def parse_reference(reference: str) -> Answer | None:
     elif len(text) >= 2 and text.startswith("$") and text.endswith("$"):
         text = text.strip("$").strip()
     return _parse_box(text) if text else None
+
+
+def _same_value(a: Answer, b: Answer) -> bool:
+    """Equal by value alone. `equivalent` also counts equal source strings as equal (math-verify
+    compares them too), which would take "1 (1)" read as 2 for "1 (1)" read as 1."""
+    values_a = [item for item in a.parsed if not isinstance(item, str)]
+    values_b = [item for item in b.parsed if not isinstance(item, str)]
+    try:
+        return bool(values_a and values_b and verify(values_a, values_b, timeout_seconds=_timeout(2)))
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _latex(answer: Answer) -> str | None:
+    value = next((item for item in answer.parsed if not isinstance(item, str)), None)
+    try:
+        return sympy.latex(value) if value is not None else None
+    except Exception:  # noqa: BLE001 - a value sympy cannot print has no LaTeX form here
+        return None
+
+
+def reference_text(answer: Answer) -> str | None:
+    """The answer written so that `parse_reference` reads it back as the same value: its text as
+    extracted when that reads back so, else sympy's LaTeX of its value; None when neither does.
+
+    An answer extracted from running text is read by other rules than a reference: "so the
+    answer is 1 (1)." answers 1, while the reference "1 (1)" is the mixed number 2. A vote's
+    answers are written with this, so that a later stage reading them as its reference (verify's
+    `reference_column: vote_majority`) means the answer the vote counted."""
+    for text in (answer.text, _latex(answer)):
+        if text:
+            back = parse_reference(text)
+            if back is not None and _same_value(back, answer):
+                return text
+    return None
 
 
 def equivalent(reference: Answer, candidate: Answer) -> bool:
