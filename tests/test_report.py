@@ -438,6 +438,27 @@ def test_trust_of_pairwise_order_agreement_and_length_bias():
     assert pairs == [("chosen side is the longer one", "50.0% of 20", None)]
 
 
+def test_degenerate_answers_count_against_the_model_step_that_wrote_them():
+    from datagen.report.trust import trust
+
+    # 4 questions written; a solve step answers each 4 times (16 rows); `finished` then drops 3 of
+    # the 16 answers as cut off, and a collapse filter 2 as repetitive; earlier, length dropped one
+    # question as empty.
+    stats = [{"stage": "generate", "kind": "generate", "kept": 5, "dropped": {"generate_error": 1}, "rows_in": 6},
+             {"stage": "min_question", "kind": "length", "kept": 4, "dropped": {"empty": 1}, "rows_in": 5},
+             {"stage": "solve", "kind": "llm", "kept": 16, "dropped": {}, "rows_in": 4},
+             {"stage": "finished", "kind": "finished", "kept": 13, "dropped": {"truncated": 3}, "rows_in": 16},
+             {"stage": "collapse", "kind": "collapse", "kept": 11, "dropped": {"repetitive": 2}, "rows_in": 13}]
+    sections = dict(trust(stats))
+    assert sections["generate"] == [
+        ("request errors", "1 of 6 (16.7%)", "many requests failed"),
+        ("degenerate (repetitive or empty)", "1 of 5 (20.0%)", "the model often loops or says nothing"),
+        ("cut off at max_tokens", "0 of 5 (0.0%)", None),
+    ]
+    assert [(name, value) for name, value, _ in sections["solve"]] == [
+        ("degenerate (repetitive or empty)", "2 of 16 (12.5%)"), ("cut off at max_tokens", "3 of 16 (18.8%)")]
+
+
 @pytest.mark.browser
 @pytest.mark.slow
 def test_trust_section_renders_in_a_headless_browser(same_score_run, tmp_path):

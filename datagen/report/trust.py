@@ -10,35 +10,57 @@ from __future__ import annotations
 from typing import Any
 
 from datagen.report.flags import MAX_DEGENERATE_RATE, MAX_ERROR_RATE, Figure, length_bias, rate
-from datagen.report.sections import kept_errors, with_summary
+from datagen.report.sections import kept_errors, section_for
 
 __all__ = ["Figure", "card_lines", "kept_errors", "trust"]
 
 
-def _generate(stats: list[dict[str, Any]]) -> list[Figure]:
-    generated = stats[0]["kept"]
-    failed = sum(stats[0]["dropped"].values())
-    figures = [rate("request errors", failed, generated + failed, MAX_ERROR_RATE, "many requests failed")]
+# Steps whose rows are model output: the degenerate-answer filters after one (finished, collapse,
+# length) judge that step's answers, up to the next such step.
+ANSWERING_STEPS = ("generate", "llm", "converse")
+DEGENERATE_REASONS = ("repetitive", "empty", "truncated")
+
+
+def _request_errors(generate: dict[str, Any]) -> Figure:
+    failed = sum(generate["dropped"].values())
+    return rate("request errors", failed, generate["kept"] + failed, MAX_ERROR_RATE, "many requests failed")
+
+
+def _degenerate(answers: int, later: list[dict[str, Any]]) -> list[Figure]:
+    """Degenerate answers among a model step's `answers` rows: the drops of the filters in `later`
+    (the stages after the step, up to the next answering step) for looping, empty or cut-off text."""
     dropped: dict[str, int] = {}
-    for s in stats[1:]:
+    for s in later:
         for reason, count in s["dropped"].items():
             dropped[reason] = dropped.get(reason, 0) + count
+    if not any(r in dropped for r in DEGENERATE_REASONS):
+        return []
     degenerate = dropped.get("repetitive", 0) + dropped.get("empty", 0)
-    if any(r in dropped for r in ("repetitive", "empty", "truncated")):
-        figures.append(rate("degenerate (repetitive or empty)", degenerate, generated, MAX_DEGENERATE_RATE, "the generator often loops or says nothing"))
-        figures.append(rate("cut off at max_tokens", dropped.get("truncated", 0), generated, MAX_ERROR_RATE, "many answers hit max_tokens"))
-    return figures
+    return [
+        rate("degenerate (repetitive or empty)", degenerate, answers, MAX_DEGENERATE_RATE, "the model often loops or says nothing"),
+        rate("cut off at max_tokens", dropped.get("truncated", 0), answers, MAX_ERROR_RATE, "many answers hit max_tokens"),
+    ]
 
 
 def trust(stage_stats: list[dict[str, Any]], output: dict[str, Any] | None = None) -> list[tuple[str, list[Figure]]]:
     """[(step label, [(figure, value, warning or None), ...]), ...] for the generator, every step
     whose section has trust figures, and the pairs written. `stage_stats` as
-    datagen.run.stats.summarize returns it."""
+    datagen.run.stats.summarize returns it.
+
+    Degenerate and cut-off answers are counted against the model step that wrote them (the
+    generator, or an `llm` / `converse` step of a chain): the drops for them by the stages after
+    it, up to the next such step, over the rows it wrote."""
     if not stage_stats:
         return []
-    sections = [("generate", _generate(stage_stats))]
-    for stage, section in with_summary(stage_stats[1:]):
-        figures = section.trust(stage["summary"])
+    answering = [0] + [i for i, s in enumerate(stage_stats) if i and s.get("kind", s["stage"]) in ANSWERING_STEPS]
+    sections = []
+    for i, stage in enumerate(stage_stats):
+        figures = [_request_errors(stage)] if i == 0 else []
+        if i and isinstance(stage.get("summary"), dict) and stage["summary"]:
+            figures += section_for(stage).trust(stage["summary"])
+        if i in answering:
+            until = next((j for j in answering if j > i), len(stage_stats))
+            figures += _degenerate(stage["kept"], stage_stats[i + 1 : until])
         if figures:
             sections.append((stage["stage"], figures))
     delta = (output or {}).get("length_delta_chars")
