@@ -391,6 +391,12 @@ def test_pipeline_keeps_exactly_the_correct_answers(project):
     assert summary["by_template"]["tiny"]["keep_rate"] == 1.0 and summary["by_template"]["tiny"]["verifier"] == "none"
     assert summary["by_verifier"]["math"]["verified"] == 18 and summary["by_verifier"]["none"]["passed"] == tiny.height
     assert summary["by_template"]["arith"]["reasons"] == stats["dropped"]
+    # the overall figures are over the checked rows: the tiny rows passed unchecked
+    assert (summary["verified"], summary["passed"], summary["unchecked"]) == (18, expected.count(None), tiny.height)
+    assert summary["keep_rate"] == round(expected.count(None) / 18, 4)
+    assert (summary["prompts"], summary["prompts_with_a_pass"]) == (math["prompt_id"].n_unique(), math.filter(pl.col("keep"))["prompt_id"].n_unique())
+    assert f"pass rate {expected.count(None) / 18:.1%} of 18 checked rows" in (out / "README.md").read_text()
+    assert f"{tiny.height} rows of templates with verifier `none` passed unchecked" in (out / "README.md").read_text()
     json.dumps(summary)
 
     kept = datasets.load_dataset(str(out), split="train").filter(lambda r: r["template_id"] == "arith")

@@ -507,7 +507,9 @@ class VerifyStage(Step):
         )
 
     def summarize(self, outputs: pl.LazyFrame) -> dict[str, Any]:
-        """Keep-rate per template and per verifier kind, over the rows this stage verified."""
+        """Keep-rate per template and per verifier kind, over the rows this stage verified. The
+        overall figures count only rows a verifier checked: rows of templates whose verifier is
+        `none` pass unchecked and are counted apart (`unchecked`), never as passes."""
         label = self.label
         verified = outputs.filter(pl.col(f"{label}_keep").is_not_null()).select(
             "template_id", "prompt_id", pl.col(f"{label}_keep").alias("passed"), pl.col(f"{label}_verifier").alias("verifier"), pl.col(f"{label}_reason").alias("reason")
@@ -530,7 +532,8 @@ class VerifyStage(Step):
         for (template,), frame in sorted(verified.group_by("template_id"), key=lambda item: str(item[0][0])):
             by_template[str(template)] = {"verifier": frame["verifier"][0]} | figures(frame)
         by_verifier = {str(kind): figures(frame) for (kind,), frame in sorted(verified.group_by("verifier"), key=lambda item: str(item[0][0]))}
-        return figures(verified) | {"by_template": by_template, "by_verifier": by_verifier}
+        checked = verified.filter(pl.col("verifier") != NoVerifier.model_fields["kind"].default)
+        return figures(checked) | {"unchecked": verified.height - checked.height, "by_template": by_template, "by_verifier": by_verifier}
 
 
 def _checked(verifier, row: dict[str, Any]) -> Verdict:

@@ -21,7 +21,9 @@ class VerifySection(Section):
     title = "Verifier pass rates"
 
     def headline(self, s: dict[str, Any]) -> str:
-        return f"pass rate {pct(s.get('keep_rate'))} of {s.get('verified')} rows; prompts with a pass {s.get('prompts_with_a_pass')}/{s.get('prompts')}"
+        unchecked = s.get("unchecked") or 0
+        passed_through = f"; {unchecked} rows of templates with verifier `none` passed unchecked" if unchecked else ""
+        return f"pass rate {pct(s.get('keep_rate'))} of {s.get('verified')} checked rows; prompts with a pass {s.get('prompts_with_a_pass')}/{s.get('prompts')}{passed_through}"
 
     def html(self, label: str, s: dict[str, Any], view) -> str:
         parts = [f"<h3>{escape(label)}</h3>"]
