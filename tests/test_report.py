@@ -154,7 +154,7 @@ def test_report_shows_each_stage_kind_and_leaves_out_what_has_no_data(full_run):
     assert html.count('<svg class="plot"') >= 9
     view = load_run(out)
     [judge] = [s for s in view.stages if s["stage"] == "judge"]
-    assert f"mean score {judge['summary']['score_mean']} over {judge['summary']['judged']} judged" in html
+    assert f"mean score {judge['summary']['score_mean']} over {judge['summary']['scored']} scored of {judge['summary']['judged']} judged" in html
     [vote] = [s for s in view.stages if s["stage"] == "vote"]
     for k, rate in vote["summary"]["pass_at_k"].items():
         assert f"{k}: {rate:.1%}" in html  # the bar's tooltip

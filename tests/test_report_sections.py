@@ -80,7 +80,8 @@ def test_a_renamed_judge_is_shown_by_the_judge_section_and_its_kept_errors_count
     assert 'data-step="grader"' in trust and "errors (no score)" in trust
     headline = dict(key_figures(view))["grader"]
     scored = judged.filter(pl.col("grader_error").is_null())
-    assert headline.startswith(f"mean score {round(scored['grader_score'].mean(), 3)} over {judged.height} judged")
+    assert 0 < scored.height < judged.height, "the run has rows the judge did not score"
+    assert headline.startswith(f"mean score {round(scored['grader_score'].mean(), 3)} over {scored.height} scored of {judged.height} judged")
 
     card = (out / "README.md").read_text()
     assert f"| grader | {judged.height} | {judged.height} ({errors} with an error, not passed) |" in card

@@ -493,6 +493,7 @@ class JudgeStage(Step):
             "mode": "pointwise",
             "rubric": self.rubric.id,
             "judged": frame.height,
+            "scored": scores.len(),  # score_mean, score_std and the shares are over these
             "errors": errors,
             "error_rate": round(errors / frame.height, 4) if frame.height else None,
             "degenerate": degenerate,

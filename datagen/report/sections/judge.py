@@ -23,7 +23,7 @@ class JudgeSection(Section):
         if s.get("mode") == "pairwise":
             return (f"{s.get('comparisons')} comparisons (rubric {s.get('rubric')}), consistent in both orders "
                     f"{pct(s.get('consistency_rate'))}, ties {s.get('ties')}, errors {s.get('errors')} ({s.get('degenerate_verdicts', 0)} degenerate)")
-        return (f"mean score {s.get('score_mean')} over {s.get('judged')} judged (rubric {s.get('rubric')}), "
+        return (f"mean score {s.get('score_mean')} over {s.get('scored')} scored of {s.get('judged')} judged (rubric {s.get('rubric')}), "
                 f"{s.get('errors')} without a score (errors, {s.get('degenerate', 0)} degenerate)")
 
     def html(self, label: str, s: dict[str, Any], view) -> str:
