@@ -46,6 +46,9 @@ def from_validation_error(err: ValidationError, source: str | Path | None) -> Da
     message = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "extra_forbidden":
         message = "unknown field"
+    elif first.get("type") == "union_tag_invalid":  # `kind: maths`, `stage: lenght`
+        ctx = first.get("ctx") or {}
+        message = f"unknown {str(ctx.get('discriminator', 'kind')).strip(chr(39))} {ctx.get('tag')!r} (one of {str(ctx.get('expected_tags', '')).replace(chr(39), '')})"
     elif "input" in first and first.get("type") not in ("missing",) and not isinstance(first["input"], (dict, list)):
         message = f"{message} (got {first['input']!r})"
     more = len(err.errors()) - 1

@@ -200,7 +200,7 @@ class Recipe(StrictModel):
         for i, stage in enumerate(self.stages):
             unknown = sorted(set(stage.templates or []) - names)
             if unknown:
-                raise ValueError(f"stages[{i}].templates: {unknown[0]!r} is not one of the recipe's templates")
+                raise ValueError(f"stages[{i}].templates: {unknown[0]!r} is not one of the recipe's templates ({', '.join(sorted(names))})")
         return self
 
     @property
@@ -381,9 +381,15 @@ def known_fields(loc: list[str]) -> list[str]:
 
 
 def did_you_mean(err: ValidationError) -> str:
-    """For an unknown field: '; did you mean X?' naming the closest known field (difflib), else ''."""
+    """For an unknown field, or an unknown kind (`kind: maths`, `stage: lenght`): '; did you mean
+    X?' naming the closest known one (difflib), else ''."""
     first = err.errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
+    if first.get("type") == "union_tag_invalid":
+        ctx = first.get("ctx") or {}
+        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
+        close = difflib.get_close_matches(str(ctx.get("tag", "")), tags, n=1)
+        return f"; did you mean {close[0]!r}?" if close else ""
     if first.get("type") != "extra_forbidden" or not loc:
         return ""
     close = difflib.get_close_matches(loc[-1], known_fields(loc), n=1)
@@ -405,11 +411,25 @@ def _within(loc: list[str], key: list[str]) -> bool:
 
 
 def _error_source(err: ValidationError, recipe_path: Path, overrides: dict[str, str]) -> str:
-    loc = [str(p) for p in err.errors()[0].get("loc", ())]
+    """The `--set` that wrote the field in error, or a field inside it (a check across fields of
+    one object, min_chars > max_chars, reports at the object), else the recipe file."""
+    first = err.errors()[0]
+    loc = [str(p) for p in first.get("loc", ())]
+    if not loc:  # a check over the whole recipe names its field first in the message: "stages[2].templates: ..."
+        named = re.match(r"([A-Za-z_][\w.\[\]]*):", first.get("msg", "").removeprefix("Value error, "))
+        loc = re.sub(r"\[(\d+)\]", r".\1", named.group(1)).split(".") if named else []
     for key, origin in overrides.items():
-        if _within(loc, key.split(".")):
+        if loc and _within(loc, key.split(".")):
+            return origin
+    for key, origin in overrides.items():
+        if loc and (_within(key.split("."), loc) or _within(key.split("."), _without_kinds(loc))):
             return origin
     return str(recipe_path)
+
+
+def _without_kinds(loc: list[str]) -> list[str]:
+    """`loc` without the kind pydantic puts after a stage's list index (stages.1.length -> stages.1)."""
+    return [part for i, part in enumerate(loc) if not (i and loc[i - 1].isdigit() and not part.isdigit())]
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> LoadedRecipe:

@@ -63,6 +63,30 @@ def test_a_typo_in_the_file_is_blamed_on_the_file_with_a_suggestion(project):
     assert err.value.source == str(path) and "did you mean 'max_chars'?" in err.value.message
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # a check across fields of one stage reports at the stage, not at the field the --set wrote
+        ("stages.long_enough.max_chars=10", "stages[2].length: min_chars (20) is larger than max_chars (10)"),
+        # a check over the whole recipe names its field in the message
+        ("stages.+={stage: finished}", "stages: two stages are labelled 'finished'; give one a distinct 'name'"),
+        ("stages.1.stage=lenght", "stages[1]: unknown stage 'lenght' (one of collapse, "),
+    ],
+)
+def test_errors_of_checks_over_several_fields_blame_the_set_that_caused_them(project, override, message):
+    with pytest.raises(DatagenError) as err:
+        load_recipe(recipe(project), [override])
+    assert err.value.source == f"--set {override}"
+    assert str(err.value).startswith(f"--set {override}: {message}"), str(err.value)
+
+
+def test_an_error_the_file_makes_on_its_own_is_blamed_on_the_file(project):
+    path = project(stages=[{"stage": "length", "min_chars": 40, "max_chars": 10}])
+    with pytest.raises(DatagenError) as err:
+        load_recipe(path, ["seed=3", "backend.sampling.n=2"])
+    assert err.value.source == str(path) and "min_chars (40) is larger than max_chars (10)" in err.value.message
+
+
 def test_cli_validate_with_sets_by_name(project, capsys):
     path = recipe(project)
     assert main(["validate", str(path), "--set", "stages.long_enough.min_chars=30", "--set", "stages.+={stage: finished, name: again}"]) == 0

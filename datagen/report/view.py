@@ -147,7 +147,7 @@ NO_PAIR_REASONS = {
     "no_revision": "no revision: the revise stage failed or its revisions were degenerate",
     "not_a_correction": "the row is not a correction of a failure",
     "no_verified_correction": "no correction was verified against the expected answer",
-    "no_minority": "every sample gave the majority answer, so there is no minority side",
+    "no_minority": "no sample gave an answer other than the majority's (samples without an answer are never a rejected side), so there is no minority side",
     "all_skipped": "every possible pair was skipped (identical or near-duplicate sides, or past max_length_ratio)",
     "identical": "the two sides are the same text after normalisation",
     "near_duplicate": "the two sides are near-duplicates (token-shingle Jaccard at or above near_duplicate_threshold)",

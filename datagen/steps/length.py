@@ -20,9 +20,9 @@ class LengthConfig(StageConfigBase):
     @model_validator(mode="after")
     def _ordered(self) -> "LengthConfig":
         if self.max_chars is not None and self.min_chars > self.max_chars:
-            raise ValueError("min_chars is larger than max_chars")
+            raise ValueError(f"min_chars ({self.min_chars}) is larger than max_chars ({self.max_chars})")
         if self.max_tokens is not None and self.min_tokens > self.max_tokens:
-            raise ValueError("min_tokens is larger than max_tokens")
+            raise ValueError(f"min_tokens ({self.min_tokens}) is larger than max_tokens ({self.max_tokens})")
         return self
 
     def build(self) -> "LengthStage":
