@@ -68,6 +68,9 @@ def test_errors_that_are_not_drops_are_listed_and_never_shown_as_kept(dpo_run, c
     headings = [line for line in text.splitlines() if line.startswith("--- ")]
     assert len(headings) == kept_errors.height
     assert all("[not dropped, but judge recorded an error]" in line and "[kept]" not in line for line in headings)
+    shown = [line.strip() for line in text.splitlines() if line.strip().startswith("judge_error: ")]
+    assert len(shown) == kept_errors.height, "each row shows its error"
+    assert all(any(line.startswith(f"judge_error: {e.splitlines()[0][:60]}") for line in shown) for e in kept_errors["judge_error"])
     everything = inspect(capsys, dpo_run, "--rows", "100")
     for candidate in kept_errors["candidate_id"]:
         line = next(line for line in everything.splitlines() if f"candidate {candidate} " in line or line.endswith(f"candidate {candidate}"))
@@ -100,3 +103,6 @@ def test_the_run_summary_counts_rows_kept_with_an_error(tmp_path, capsys):
     errors = judged["judge_error"].is_not_null().sum()
     assert 0 < errors < judged.height
     assert f"judge:      4 in ->      4 kept, {errors} of them with an error" in capsys.readouterr().out
+    text = inspect(capsys, tmp_path / "out")
+    judge_line = next(line for line in text.splitlines() if line.startswith("| judge "))
+    assert f"4 ({errors} with an error)" in judge_line, judge_line

@@ -18,6 +18,7 @@ import polars as pl
 
 from datagen.errors import DatagenError
 from datagen.report.html import REPORT_FILE, stage_columns
+from datagen.report.sections import kept_errors
 from datagen.run.run_dir import RUN_SUBDIR
 from datagen.report.view import RunView, card_funnel, key_figures, load_run, percent, text_of
 
@@ -79,7 +80,7 @@ def _funnel_table(view: RunView) -> str:
     table = pl.DataFrame({
         "stage": view.labels,
         "rows in": [s["rows_in"] for s in view.stages],
-        "kept": [s["kept"] for s in view.stages],
+        "kept": [f"{s['kept']} ({kept_errors(s)} with an error)" if kept_errors(s) else str(s["kept"]) for s in view.stages],
         "dropped": [sum(s["dropped"].values()) for s in view.stages],
         "kept %": ["-" if s["stage"] == "generate" or not s["rows_in"] else percent(s["kept"] / s["rows_in"]) for s in view.stages],
         "drop reasons": [", ".join(f"{r}: {c}" for r, c in sorted(s["dropped"].items())) or "-" for s in view.stages],
@@ -254,6 +255,8 @@ def _row_details(row: dict[str, Any], view: RunView, columns: list[str]) -> list
     if dropped_by and view.rows is not None:
         # why it was dropped: the dropping stage's own columns (scores, detail, rationale)
         details += [(c, str(row[c])) for c in stage_columns(dropped_by, view.labels, columns) if row.get(c) is not None]
+    elif view.rows is not None:  # kept, but a stage recorded an error on it (on_error: keep): which error
+        details += [(column, str(row[column])) for _, column in _error_columns(view, columns) if row.get(column)]
     cut = _cut_off(row)
     if cut:
         details.append(("finished", cut))
