@@ -49,6 +49,7 @@ def test_self_instruct_math_sft_rows_agree_with_their_problems_majority(self_ins
         assert row["step"] == "solve" and row["lineage"][-1] == row["parent_id"] == row["group_id"]
         assert row["messages"][-2]["content"] == row["question"].strip(), "the solve step's request is the generated question"
         assert row["vote_in_majority"] is True and row["verify_answer"] is not None, "kept solutions agree with the majority"
+        assert row["vote_agreement"] >= 0.5 and row["vote_n"] >= 2, "a majority of at least half the solutions, never a lone answer"
         assert extract_answer(row["messages"][-1]["content"]) is not None
         assert json.loads(row["generate_completion"])["question"] == row["question"]
     train_sft(ds.select_columns(["messages"]), tmp_path / "sft")

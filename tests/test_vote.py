@@ -207,8 +207,21 @@ def test_verify_against_the_vote_agrees_with_the_vote(column):
     assert voted.filter(pl.col("prompt_id") == "mixed_number_like")["vote_in_majority"].to_list() == [True, True, False, False]
 
 
+def test_min_votes_and_min_agreement_drop_prompts_without_a_real_majority():
+    batch = candidates({
+        "lone": ("3", ["Answer: 3"]),  # one sample left: agreement 1.0, but a single vote
+        "split": ("3", ["Answer: 3", "Answer: 4", "Answer: 5", "I do not know"]),  # 1 of 4
+        "pair": ("3", ["Answer: 3", "Answer: 3", "Answer: 4", "no answer here"]),  # 2 of 4
+    })
+    out = apply_stage(VoteConfig(min_agreement=0.5, min_votes=2).build(), batch)
+    reasons = dict(out.group_by("prompt_id").agg(pl.col("vote_reason").first()).rows())
+    assert reasons == {"lone": "too_few_votes", "split": "low_agreement", "pair": None}
+    assert out.filter(pl.col("prompt_id") == "pair")["vote_keep"].all()
+    assert not out.filter(pl.col("prompt_id") != "pair")["vote_keep"].any(), "every sample of such a prompt is dropped"
+
+
 def test_bad_vote_config_is_a_validation_error(project):
-    for bad in ({"pass_rate_band": [0.9, 0.1]}, {"pass_rate_band": [0.1, 1.5]}, {"ks": [0]}, {"ks": [1, 1]}, {"min_agreement": 2}, {"keep": "most"}, {"k": [1]}):
+    for bad in ({"pass_rate_band": [0.9, 0.1]}, {"pass_rate_band": [0.1, 1.5]}, {"ks": [0]}, {"ks": [1, 1]}, {"min_votes": 0}, {"min_agreement": 2}, {"keep": "most"}, {"k": [1]}):
         with pytest.raises(ValidationError):
             VoteConfig.model_validate(bad)
     with pytest.raises(DatagenError, match="pass_rate_band"):

@@ -53,6 +53,7 @@ class VoteConfig(StageConfigBase):
     ks: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 5, 10], description="pass@k for each k")
     keep: Literal["all", "majority"] = Field("all", description="majority: drop samples outside the majority answer class")
     min_agreement: Rate | None = Field(None, description="drop every sample of a prompt whose agreement is below this")
+    min_votes: int | None = Field(None, ge=1, description="drop every sample of a prompt whose majority answer has fewer samples than this")
     pass_rate_band: tuple[Rate, Rate] | None = Field(
         None, description="[lo, hi], inclusive: drop prompts whose pass rate is outside (e.g. [0.01, 0.99] drops all-pass / all-fail)"
     )
@@ -83,6 +84,7 @@ class PromptVote:
     correct: list[bool | None]
     majority: str | None
     agreement: float
+    votes: int  # samples in the majority answer class
     pass_rate: float | None
     reference_state: Literal["ok", "missing", "unparsable"]
 
@@ -139,6 +141,7 @@ def vote(answers: list[Answer | None], sample_order: list[int], reference: str |
         correct=correct,
         majority=reference_text(answers[winner[0]]) if winner else None,  # type: ignore[arg-type]
         agreement=len(winner) / n,
+        votes=len(winner),
         pass_rate=pass_rate,
         reference_state=state,
     )
@@ -173,6 +176,8 @@ class VoteStage(Step):
                 return "pass_rate_out_of_band"
         if c.min_agreement is not None and prompt.agreement < c.min_agreement:
             return "low_agreement"
+        if c.min_votes is not None and prompt.votes < c.min_votes:
+            return "too_few_votes"
         if c.keep == "majority":
             if prompt.answers[position] is None:
                 return "no_answer"
