@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import datasets
 import polars as pl
 import pyarrow.parquet as pq
@@ -79,6 +81,17 @@ def test_the_card_declares_the_split_so_datasets_checks_it(project):
     assert split["num_examples"] == result.rows_written and split["num_bytes"] > 0
     info = datasets.load_dataset_builder(str(out)).info
     assert info.splits["train"].num_examples == result.rows_written, "read from the card, not ignored as malformed"
+
+
+def test_the_card_names_the_recipe_paths_as_a_recipe_would_and_the_seed_the_rows_used(project):
+    result, out = run(project, "paths", min_chars=10)
+    card = (out / "README.md").read_text()
+    assert str(project.root) not in card, "no folder of the author's machine in a published card"
+    recipe = yaml.safe_load(card.split("## Recipe\n\n```yaml\n", 1)[1].split("```", 1)[0])
+    assert recipe["template_dirs"] == ["../templates"], "relative to the recipe's folder (pipelines/)"
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    used = {json.loads(s)["seed"] for s in rows["sampling"]}
+    assert used == {7} and '"seed": 7}' in card.split("- Seed: 7; sampling: ", 1)[1].splitlines()[0]
 
 
 def test_the_cli_says_which_stage_dropped_the_last_rows_and_why(project, capsys):

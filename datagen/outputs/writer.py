@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,9 @@ def dataset_card(
     recipe = loaded.recipe
     info = datasets.DatasetInfo(features=features)
     templates = ", ".join(f"{t.name} ({t.count if t.count is not None else 'all'})" for t in recipe.templates)
-    sampling = json.dumps(recipe.backend.sampling.model_dump(mode="json"))
+    drawn = recipe.backend.sampling.model_dump(mode="json")
+    drawn["seed"] = recipe.backend.sampling.seed if recipe.backend.sampling.seed is not None else recipe.seed  # as the rows record it
+    sampling = json.dumps(drawn)
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
         # datasets ignores a split entry without num_bytes (and says so on every load)
@@ -148,11 +151,24 @@ def dataset_card(
         "## Recipe",
         "",
         "```yaml",
-        yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False).rstrip(),
+        yaml.safe_dump(portable_paths(recipe.model_dump(mode="json"), loaded.path.parent), sort_keys=False).rstrip(),
         "```",
         "",
     ]
     return "\n".join(lines)
+
+
+def portable_paths(value: Any, base: Path) -> Any:
+    """`value` (a recipe as plain data) with every absolute path that exists on this machine written
+    relative to `base` (the recipe's folder), as a recipe file would name it: a card published with
+    the dataset does not show the author's folders."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v, base) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable_paths(v, base) for v in value]
+    if isinstance(value, str) and os.path.isabs(value) and "\n" not in value and len(value) < 4096 and os.path.exists(value):
+        return os.path.relpath(value, base)
+    return value
 
 
 def target_lines(output_stats: dict[str, Any] | None) -> list[str]:
