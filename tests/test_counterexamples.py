@@ -489,7 +489,7 @@ def test_cli_short_form_runs_the_recipe_with_overrides(tmp_path, monkeypatch, ca
     manifest = json.loads((tmp_path / "out" / "run" / "manifest.json").read_text())
     assert manifest["prompts"] == 9 and manifest["complete"]
     card = (tmp_path / "out" / "README.md").read_text()
-    assert "k: 2\n" in card and f"failures: {failures}" in card and "train: null" in card
+    assert "k: 2\n" in card and "failures: mine.jsonl\n" in card and "train: null" in card, "paths relative to the recipe's folder"
     ds = datasets.load_dataset(str(tmp_path / "out"), split="train")
     assert 0 < ds.num_rows <= 2 and set(ds["role"]) == {"counterexample"}
 
