@@ -407,6 +407,27 @@ def test_recipe_keeps_new_problems_and_verified_corrections(scripted_run):
             assert equivalent(parse_reference(row["answer"]), answer) and row["failure_id"] == row["seed_ids"][0]
 
 
+def test_only_kept_corrections_count_as_eval_items_trained_on():
+    from datagen.counterexamples.funnel import add_cluster_funnel
+
+    report = {"clusters": [{"id": 0, "corrected_failure_ids": ["a", "b"]}, {"id": 1, "corrected_failure_ids": ["c"]}],
+              "corrected_failure_ids": ["a", "b", "c"]}
+    rows = pl.DataFrame({
+        "cluster_id": [0, 0, 0, 1, 1],
+        "role": ["correction", "correction", "correction", "correction", "counterexample"],
+        "failure_id": ["a", "a", "b", "c", None],
+        "keep": [True, False, False, False, True],
+        "dropped_by": [None, "verify", "verify", "finished", None],
+        "verify_reason": [None, "wrong_answer", "wrong_answer", None, None],
+        "finished_reason": [None, None, None, "truncated", None],
+    })
+    out = add_cluster_funnel(report, rows.lazy())
+    assert out["corrected_failure_ids"] == ["a"], "b and c were asked again, but no correction of theirs was kept"
+    assert out["asked_failure_ids"] == ["a", "b", "c"]
+    assert [c["corrected_failure_ids"] for c in out["clusters"]] == [["a"], []]
+    assert [(c["kept"], c["kept_corrections"]) for c in out["clusters"]] == [(0, 1), (1, 0)]
+
+
 def test_recipe_writes_pairs_and_the_cluster_report(scripted_run):
     loaded, out, result, failures = scripted_run
     assert result.pairs_written == 6, "run_pipeline itself writes the fix/failure pairs"
@@ -418,12 +439,18 @@ def test_recipe_writes_pairs_and_the_cluster_report(scripted_run):
         failure = by_id[pair["failure_id"]]
         assert pair["prompt"] == [{"role": "user", "content": failure["prompt"]}]
         assert pair["rejected"] == [{"role": "assistant", "content": failure["output"]}]
+        assert pair["rejected_id"] == failure["id"] != pair["chosen_id"], "the rejected side is the eval's output for that failure"
         assert pair["chosen"][0]["content"].endswith(f"\\boxed{{{failure['expected']}}}") and pair["strategy"] == "correction"
     card = (out / "README.md").read_text()
     report = yaml.safe_load(card.split("### counterexample\n\n```yaml\n", 1)[1].split("```", 1)[0])
     assert report["budget"] == 20 and report["k_chosen_by"] == "given"
     assert sorted((c["size"], c["budget"], c["corrections"]) for c in report["clusters"]) == [(10, 3, 1), (20, 7, 2), (30, 10, 3)]
     assert sum(c["kept"] for c in report["clusters"]) == 2 and sum(c["kept_corrections"] for c in report["clusters"]) == 6
+    data = pl.read_parquet(out / "data" / "*.parquet")
+    trained = set(data.filter(pl.col("role") == "correction")["failure_id"])
+    assert set(report["corrected_failure_ids"]) == trained and len(report["corrected_failure_ids"]) == len(trained)
+    html = (out / "run" / "report.html").read_text()
+    assert "Remove these eval items from your held-out eval" in html and all(i in html for i in trained)
     assert "(counterexamples format)" in card and "(dpo format)" in (out / "pairs" / "README.md").read_text()
 
 

@@ -95,6 +95,13 @@ class Shard:
     def text(self, side: Side) -> str:
         return self.column(side.column)[side.row] or ""
 
+    def side_id(self, side: Side) -> str:
+        """Where a side's text comes from: its candidate's id, or for the failing output an eval
+        recorded (the correction strategy) that failure's id."""
+        if side.column == FAILURE_OUTPUT and "failure_id" in self.frame.columns:
+            return self.column("failure_id")[side.row]
+        return self.ids[side.row]
+
 
 Strategy = Callable[[Shard, list[int], PairsConfig], "list[Option] | str"]
 
@@ -336,7 +343,7 @@ def pair_rows(shard: Shard, picked: list[Option], config: PairsConfig) -> pl.Dat
             "rejected": [{"role": "assistant", "content": shard.text(r)}] if conversational else shard.text(r),
             "strategy": config.strategy,
             "chosen_id": shard.ids[c.row],
-            "rejected_id": shard.ids[r.row],
+            "rejected_id": shard.side_id(r),
             "chosen_score": c.score,
             "rejected_score": r.score,
             "margin": score_difference(c.score, r.score) if c.score is not None and r.score is not None else None,

@@ -33,7 +33,9 @@ class CounterexampleSection(Section):
         if not clusters:
             return ""
         sizes = sorted((int(c["size"]) for c in clusters), reverse=True)
-        return f"{len(clusters)} clusters, sizes {', '.join(map(str, sizes[:8]))}{' ...' if len(sizes) > 8 else ''}"
+        corrected = s.get("corrected_failure_ids") or []
+        held_out = f"; {len(corrected)} eval items trained on as corrections: remove them from the held-out eval" if corrected else ""
+        return f"{len(clusters)} clusters, sizes {', '.join(map(str, sizes[:8]))}{' ...' if len(sizes) > 8 else ''}{held_out}"
 
     def html(self, label: str, s: dict[str, Any], view) -> str:
         clusters = cluster_list(s.get("clusters"))
@@ -47,6 +49,9 @@ class CounterexampleSection(Section):
             series["budget"] = [float(c.get("budget") or 0) for c in shown]
         keys = sorted({k for c in clusters for k in c if not isinstance(c[k], (dict, list))})
         caption = "cluster size and budget" + (f" (largest {SHOWN})" if len(clusters) > SHOWN else "")
-        return (f"<h3>{escape(label)}: {len(clusters)} clusters</h3>" + scalar_figures(s)
+        corrected = s.get("corrected_failure_ids") or []
+        held_out = (f"<p><strong>Remove these eval items from your held-out eval</strong> (the dataset trains on their "
+                    f"corrections): {escape(', '.join(map(str, corrected)))}</p>") if corrected else ""
+        return (f"<h3>{escape(label)}: {len(clusters)} clusters</h3>" + scalar_figures(s) + held_out
                 + plot_row(figure(caption, plots.grouped_bars(f"{label} clusters", names, series)))
                 + table(keys, [[c.get(k, "-") for k in keys] for c in clusters[:LISTED]]))
