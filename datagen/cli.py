@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
+import signal
 import sys
 import textwrap
 from collections.abc import Mapping
@@ -468,6 +470,16 @@ COMMANDS = {"recipes": cmd_recipes, "run": cmd_run, "validate": cmd_validate, "p
             "counterexamples": cmd_counterexamples}
 
 
+def _reader_gone(stream) -> bool:
+    """Whether `stream` is a pipe whose reading end was closed (poll reports POLLERR for it)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), 0)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def main(argv: list[str] | None = None, *, engines: EnginePool | None = None) -> int:
     """`datagen ARGV` (default: sys.argv[1:]); returns the exit status (2: bad input, one line on
     stderr). `engines`: a datagen.run.engines.EnginePool the caller keeps open across calls in one
@@ -484,6 +496,9 @@ def main(argv: list[str] | None = None, *, engines: EnginePool | None = None) ->
         print("datagen: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     except Exception as err:
+        if isinstance(err, BrokenPipeError) and _reader_gone(sys.stdout):  # `datagen ... | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+            return 128 + signal.SIGPIPE
         if os.environ.get("DATAGEN_DEBUG"):
             raise
         print(f"datagen: internal error: {type(err).__name__}: {first_line(err, '')} (set DATAGEN_DEBUG=1 for the traceback)", file=sys.stderr)

@@ -3,9 +3,15 @@ vLLM, torch or transformers (that goes to OUT/run/engine.log; --verbose shows it
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from helpers import TINY_TEMPLATE, datagen_cli, write_yaml
+from helpers import REPO, TINY_TEMPLATE, datagen_cli, write_yaml
 
 # What vLLM, torch and transformers lines carry (log records, warnings, progress bars, native messages).
 ENGINE_MARKS = ("vllm", "INFO", "WARNING", "Warning", "torch", "Loading", "(MainProcess", "[W", "transformers", "it/s]")
@@ -36,3 +42,15 @@ def test_verbose_and_progress_are_taken_by_every_command_that_runs_a_model():
     for command in ("run", "counterexamples"):
         shown = datagen_cli(command, "--help")
         assert shown.returncode == 0 and "--verbose" in shown.stdout and "--progress" in shown.stdout, (command, shown.stdout)
+
+
+def test_output_piped_into_a_reader_that_stops_early_ends_quietly():
+    # `datagen ... | head`: the reader has closed the pipe; datagen stops without an "internal error"
+    exe = Path(sys.executable).with_name("datagen")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before datagen writes a byte
+    try:
+        done = subprocess.run([str(exe), "preview", "quickstart", "-n", "2"], cwd=REPO, stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (128 + signal.SIGPIPE, "")
