@@ -74,6 +74,7 @@ def test_restyle_rewrites_keep_the_final_answer(tmp_path, model_cli):
     for row in ds:
         assert f"in a {row['tone']} tone" in row["messages"][-2]["content"]
         assert row["vote_in_majority"] and row["step"] == "restyle" and row["parent_id"] in row["lineage"]
+        assert round(row["vote_agreement"] * row["vote_n"]) >= 2, "the majority answer of two or more solutions"
         assert row["keeps_answer_answer"] is not None and row["vote_answer"] is not None
     train_sft(ds.select_columns(["messages"]), tmp_path / "sft")
 
