@@ -296,3 +296,12 @@ def test_a_filter_told_to_read_a_column_that_is_not_text_is_refused(tmp_path):
     result = datagen_in_process("validate", path, "--set", "stages.1.column=lineage")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
     assert "stages.1" in result.stderr and "'lineage'" in result.stderr and "as text" in result.stderr
+
+
+def test_the_card_says_whose_sampling_it_shows(chain_run):
+    root, out, result = chain_run
+    card = (out / "README.md").read_text()
+    line = next(line for line in card.splitlines() if line.startswith("- Seed: 11; "))
+    assert line.startswith('- Seed: 11; sampling of the generate step: {"n": 1,') and line.endswith("record theirs in each row's `sampling`")
+    rows = pl.read_parquet(out / "data" / "*.parquet")
+    assert {json.loads(s)["n"] for s in rows["sampling"]} == {N_SOLVE}, "the rows record the solve step's sampling"

@@ -91,7 +91,7 @@ def test_the_card_names_the_recipe_paths_as_a_recipe_would_and_the_seed_the_rows
     assert recipe["template_dirs"] == ["../templates"], "relative to the recipe's folder (pipelines/)"
     rows = pl.read_parquet(out / "data" / "*.parquet")
     used = {json.loads(s)["seed"] for s in rows["sampling"]}
-    assert used == {7} and '"seed": 7}' in card.split("- Seed: 7; sampling: ", 1)[1].splitlines()[0]
+    assert used == {7} and '"seed": 7}' in card.split("- Seed: 7; sampling of the generate step: ", 1)[1].splitlines()[0]
 
 
 def test_the_cli_says_which_stage_dropped_the_last_rows_and_why(project, capsys):

@@ -112,7 +112,7 @@ def dataset_card(
         *target_lines(output_stats),
         f"- Model: {model} via {recipe.backend.kind}",
         f"- Templates: {templates}",
-        f"- Seed: {recipe.seed}; sampling: {sampling}",
+        f"- Seed: {recipe.seed}; sampling of the generate step: {sampling}" + ("; the chain's own model steps record theirs in each row's `sampling`" if any(s.stage in ("llm", "converse") for s in recipe.stages) else ""),
         "",
         *(EMPTY_NOTE if rows == 0 else []),
         "## Rows through the stages",
