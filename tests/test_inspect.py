@@ -108,3 +108,5 @@ def test_the_run_summary_counts_rows_kept_with_an_error(tmp_path, capsys):
     judge_line = next(line for line in text.splitlines() if line.startswith("| judge "))
     cells = dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in judge_line.split("|")]))
     assert (cells["kept"], cells["kept with an error"]) == ("4", str(errors)), judge_line
+    warnings = text.split("trust warnings:\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert any(line.startswith(f"  judge: errors (no score) {errors} of 4 (") for line in warnings), warnings

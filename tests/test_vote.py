@@ -220,6 +220,17 @@ def test_min_votes_and_min_agreement_drop_prompts_without_a_real_majority():
     assert not out.filter(pl.col("prompt_id") != "pair")["vote_keep"].any(), "every sample of such a prompt is dropped"
 
 
+def test_the_headline_without_references_claims_no_pass_figures():
+    batch = candidates({"open": (None, ["Answer: 3", "Answer: 3", "Answer: 4"]), "free": (None, ["Answer: 1", "Answer: 2"])})
+    stage = VoteConfig(ks=[1]).build()
+    summary = stage.summarize(apply_stage(stage, batch).lazy())
+    assert VoteSection().headline(summary) == (
+        f"mean agreement {round((2 / 3 + 1 / 2) / 2, 4)} over 2 prompts; no reference answers, so no pass rate or pass@k")
+    with_reference = candidates({"ref": ("3", ["Answer: 3", "Answer: 4"]), "open": (None, ["Answer: 1"])})
+    summary = stage.summarize(apply_stage(stage, with_reference).lazy())
+    assert VoteSection().headline(summary).endswith("all-pass 0, all-fail 0 of 1 prompts with a reference")
+
+
 def test_bad_vote_config_is_a_validation_error(project):
     for bad in ({"pass_rate_band": [0.9, 0.1]}, {"pass_rate_band": [0.1, 1.5]}, {"ks": [0]}, {"ks": [1, 1]}, {"min_votes": 0}, {"min_agreement": 2}, {"keep": "most"}, {"k": [1]}):
         with pytest.raises(ValidationError):

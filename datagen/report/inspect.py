@@ -66,6 +66,8 @@ def inspect(out: Path, rows: int | None = None, where: list[str] | None = None, 
     write()
     if view.stages:
         write(_funnel_table(view))
+        for line in _trust_lines(view):
+            write(clean(line))
     elif card_funnel(view.card):
         write("rows through the stages (from the dataset card):")
         write(clean(card_funnel(view.card)))
@@ -91,6 +93,16 @@ def _funnel_table(view: RunView) -> str:
         table.insert_column(3, pl.Series("kept with an error", errors))
     with pl.Config(**TABLE):
         return str(table)
+
+
+def _trust_lines(view: RunView) -> list[str]:
+    """The trust figures past their bounds (datagen.report.trust), one line each; the report and
+    the card have the whole table."""
+    from datagen.report.trust import trust
+
+    flagged = [f"  {step}: {name} {value}: {warning}" for step, figures in trust(view.stages, (view.manifest or {}).get("output"))
+               for name, value, warning in figures if warning]
+    return ["", "trust warnings:", *flagged] if flagged else ["", "trust: no figure past its bound"]
 
 
 def _token_lines(view: RunView) -> list[str]:

@@ -16,9 +16,11 @@ class VoteSection(Section):
     title = "Self-consistency (voted prompts)"
 
     def headline(self, s: dict[str, Any]) -> str:
+        if not s.get("prompts_with_reference"):  # pass figures need a reference answer
+            return f"mean agreement {s.get('mean_agreement')} over {s.get('prompts')} prompts; no reference answers, so no pass rate or pass@k"
         ks = ", ".join(f"{k} {pct(v)}{_over(s, k)}" for k, v in (s.get("pass_at_k") or {}).items())
         return (f"{ks}; mean agreement {s.get('mean_agreement')}; majority right {pct(s.get('majority_accuracy'))}; "
-                f"all-pass {s.get('all_pass')}, all-fail {s.get('all_fail')} of {s.get('prompts')} prompts")
+                f"all-pass {s.get('all_pass')}, all-fail {s.get('all_fail')} of {s.get('prompts_with_reference')} prompts with a reference")
 
     def html(self, label: str, s: dict[str, Any], view) -> str:
         pass_at = s.get("pass_at_k") or {}
