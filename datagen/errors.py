@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -39,6 +40,11 @@ def _loc_to_path(loc: tuple) -> str:
     return "".join(parts)
 
 
+def expected_tags(error: dict) -> list[str]:
+    """The kinds a `union_tag_invalid` pydantic error accepts (its ctx gives them as "'a', 'b'")."""
+    return re.findall(r"'([^']*)'", str((error.get("ctx") or {}).get("expected_tags", "")))
+
+
 def from_validation_error(err: ValidationError, source: str | Path | None) -> DatagenError:
     """Collapse a pydantic error into one line naming the first offending field."""
     first = err.errors()[0]
@@ -48,7 +54,7 @@ def from_validation_error(err: ValidationError, source: str | Path | None) -> Da
         message = "unknown field"
     elif first.get("type") == "union_tag_invalid":  # `kind: maths`, `stage: lenght`
         ctx = first.get("ctx") or {}
-        message = f"unknown {str(ctx.get('discriminator', 'kind')).strip(chr(39))} {ctx.get('tag')!r} (one of {str(ctx.get('expected_tags', '')).replace(chr(39), '')})"
+        message = f"unknown {str(ctx.get('discriminator', 'kind')).strip(chr(39))} {ctx.get('tag')!r} (one of {', '.join(expected_tags(first))})"
     elif "input" in first and first.get("type") not in ("missing",) and not isinstance(first["input"], (dict, list)):
         message = f"{message} (got {first['input']!r})"
     more = len(err.errors()) - 1

@@ -18,7 +18,7 @@ from datagen.outputs.config import PairsConfig
 from datagen.outputs.mix import MixConfig, check_real_source
 from datagen.counterexamples.config import InputConfig
 from datagen.credentials import find_secret, secret_message
-from datagen.errors import DatagenError, from_validation_error
+from datagen.errors import DatagenError, expected_tags, from_validation_error
 from datagen.llm.generate import CANDIDATE_SCHEMA, RESERVED_COLUMNS
 from datagen.paths import BASE_DIR, RecipePath, command_line_value
 from datagen.rows import BackendConfig, StrictModel
@@ -386,9 +386,7 @@ def did_you_mean(err: ValidationError) -> str:
     first = err.errors()[0]
     loc = [str(p) for p in first.get("loc", ())]
     if first.get("type") == "union_tag_invalid":
-        ctx = first.get("ctx") or {}
-        tags = re.findall(r"'([^']*)'", str(ctx.get("expected_tags", "")))
-        close = difflib.get_close_matches(str(ctx.get("tag", "")), tags, n=1)
+        close = difflib.get_close_matches(str((first.get("ctx") or {}).get("tag", "")), expected_tags(first), n=1)
         return f"; did you mean {close[0]!r}?" if close else ""
     if first.get("type") != "extra_forbidden" or not loc:
         return ""

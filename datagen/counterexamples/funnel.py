@@ -9,6 +9,10 @@ from typing import Any
 import polars as pl
 
 
+def _empty_entry() -> dict[str, Any]:
+    return {"candidates": 0, "kept": 0, "kept_corrections": 0, "tests_passed": 0, "dropped": Counter(), "corrected": set()}
+
+
 def cluster_funnel(rows: pl.DataFrame) -> dict[int, dict[str, Any]]:
     """cluster id -> candidates, kept (new problems), kept_corrections, tests_passed (code rows whose
     own tests passed), dropped ("stage: reason" -> count, by the stage that dropped the row) and
@@ -20,9 +24,7 @@ def cluster_funnel(rows: pl.DataFrame) -> dict[int, dict[str, Any]]:
     reason_columns = {c[: -len("_reason")] for c in rows.columns if c.endswith("_reason")}
     passed_columns = [c for c in rows.columns if c.endswith("_tests_passed")]
     for row in rows.iter_rows(named=True):
-        entry = funnel.setdefault(
-            row["cluster_id"], {"candidates": 0, "kept": 0, "kept_corrections": 0, "tests_passed": 0, "dropped": Counter(), "corrected": set()}
-        )
+        entry = funnel.setdefault(row["cluster_id"], _empty_entry())
         entry["candidates"] += 1
         if any(row[c] for c in passed_columns):
             entry["tests_passed"] += 1
@@ -48,7 +50,7 @@ def add_cluster_funnel(report: dict[str, Any], outputs: pl.LazyFrame) -> dict[st
     wanted = [c for c in names if c in ("cluster_id", "role", "keep", "dropped_by", "failure_id") or c.endswith("_reason") or c.endswith("_tests_passed")]
     funnel = cluster_funnel(outputs.select(wanted).collect()) if "cluster_id" in names else {}
     for cluster in report["clusters"]:
-        entry = funnel.get(cluster["id"], {"candidates": 0, "kept": 0, "kept_corrections": 0, "tests_passed": 0, "dropped": Counter(), "corrected": set()})
+        entry = funnel.get(cluster["id"]) or _empty_entry()
         for name in ("candidates", "kept", "kept_corrections", "tests_passed"):
             cluster[name] = int(entry[name])
         cluster["dropped"] = ", ".join(f"{reason}={n}" for reason, n in sorted(entry["dropped"].items())) or "none"

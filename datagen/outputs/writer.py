@@ -91,7 +91,7 @@ def dataset_card(
     info = datasets.DatasetInfo(features=features)
     templates = ", ".join(f"{t.name} ({t.count if t.count is not None else 'all'})" for t in recipe.templates)
     drawn = recipe.backend.sampling.model_dump(mode="json")
-    drawn["seed"] = recipe.backend.sampling.seed if recipe.backend.sampling.seed is not None else recipe.seed  # as the rows record it
+    drawn["seed"] = recipe.sampling_seed  # as the rows record it
     sampling = json.dumps(drawn)
     header = {
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}],
