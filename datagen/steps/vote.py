@@ -111,8 +111,9 @@ def answer_classes(answers: list[Answer | None]) -> list[list[int]]:
     return classes
 
 
-def vote(answers: list[Answer | None], sample_order: list[int], reference: str | None) -> PromptVote:
-    """`sample_order` (the sample indices) decides ties: the class holding the earliest sample wins."""
+def vote(answers: list[Answer | None], written: list[str | None], sample_order: list[int], reference: str | None) -> PromptVote:
+    """`written`: each answer as `reference_text` writes it (the majority is the winner's);
+    `sample_order` (the sample indices) decides ties: the class holding the earliest sample wins."""
     order = sorted(range(len(answers)), key=lambda p: sample_order[p])
     classes = [[order[i] for i in c] for c in answer_classes([answers[p] for p in order])]
     winner = max(classes, key=len) if classes else []  # max keeps the first of equal sizes
@@ -139,7 +140,7 @@ def vote(answers: list[Answer | None], sample_order: list[int], reference: str |
         answers=answers,
         in_majority=[p in members for p in range(n)],
         correct=correct,
-        majority=reference_text(answers[winner[0]]) if winner else None,  # type: ignore[arg-type]
+        majority=written[winner[0]] if winner else None,
         agreement=len(winner) / n,
         votes=len(winner),
         pass_rate=pass_rate,
@@ -202,7 +203,7 @@ class VoteStage(Step):
         sample_index = batch["sample_index"].to_list()
         references = batch["reference"].to_list()
         for rows in rows_of.values():
-            prompt = vote([extracted[completions[r]] for r in rows], [sample_index[r] for r in rows], references[rows[0]])
+            prompt = vote([extracted[completions[r]] for r in rows], [written[completions[r]] for r in rows], [sample_index[r] for r in rows], references[rows[0]])
             n = len(rows)
             c = sum(1 for ok in prompt.correct if ok)
             for position, row in enumerate(rows):
